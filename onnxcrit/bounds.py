@@ -1,0 +1,49 @@
+"""Interval bounds through the unpruned network, vectorised over samples (METHOD.md section 2)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .ir import Conv, Dense, Network
+
+
+@dataclass
+class Bounds:
+    """lower[k], upper[k]: bounds of layer k's output, each [N, *layers[k].out_shape], float64."""
+
+    lower: list[np.ndarray]
+    upper: list[np.ndarray]
+    input_lower: np.ndarray
+    input_upper: np.ndarray
+
+
+def _abs_linear(layer):
+    """The same layer with |W| and no bias: maps an input radius to an output radius."""
+    return replace(layer, weight=np.abs(layer.weight), bias=np.zeros_like(layer.bias))
+
+
+def interval_bounds(net: Network, x: np.ndarray, eps: float, batch_size: int = 256) -> Bounds:
+    """Bounds of every layer's output for the boxes [x - eps, x + eps], one box per sample of x."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1, *net.input_shape)
+    lows: list[list[np.ndarray]] = [[] for _ in net.layers]
+    ups: list[list[np.ndarray]] = [[] for _ in net.layers]
+    abs_layers = {i: _abs_linear(layer) for i, layer in enumerate(net.layers) if isinstance(layer, (Dense, Conv))}
+    for start in range(0, len(x), batch_size):
+        lo = x[start:start + batch_size] - eps
+        hi = x[start:start + batch_size] + eps
+        for i, layer in enumerate(net.layers):
+            if i in abs_layers:
+                mid, rad = (hi + lo) / 2.0, (hi - lo) / 2.0
+                centre = layer.forward(mid)
+                spread = abs_layers[i].forward(rad)
+                lo, hi = centre - spread, centre + spread
+            else:
+                # Relu, pooling and reshapes are monotone: apply them to each end of the interval
+                lo, hi = layer.forward(lo), layer.forward(hi)
+            lows[i].append(lo)
+            ups[i].append(hi)
+    empty = [np.zeros((0, *layer.out_shape)) for layer in net.layers]
+    lower = [np.concatenate(chunks, axis=0) if chunks else empty[i] for i, chunks in enumerate(lows)]
+    upper = [np.concatenate(chunks, axis=0) if chunks else empty[i] for i, chunks in enumerate(ups)]
+    return Bounds(lower=lower, upper=upper, input_lower=x - eps, input_upper=x + eps)

@@ -1,0 +1,645 @@
+"""ONNX -> IR: load a model, recognise a feed-forward ReLU chain, fold BatchNorm, refuse the rest.
+
+Every refusal is an `UnsupportedModelError` (or `InputError`) with one line naming the op, the node and why.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import InputError, UnsupportedModelError
+from .ir import AvgPool, Conv, Dense, MaxPool, Network, ParamRef, Relu, Reshape
+
+# Ops after the logits that onnxcrit keeps untouched and ignores (scikit-learn's exporter adds the last few).
+TAIL_OPS = {"Softmax", "LogSoftmax", "ArgMax", "Identity", "Cast", "ArrayFeatureExtractor", "ZipMap",
+            "Reshape", "Flatten", "Sigmoid"}
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+
+
+def node_label(node: onnx.NodeProto, index: int | None = None) -> str:
+    """How messages name a node: its op type and name."""
+    name = node.name or (f"#{index}" if index is not None else "(unnamed)")
+    return f"{node.op_type} node '{name}'"
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Read an ONNX file (external data resolved next to it) or take a ModelProto as it is.
+
+    Raises InputError with one line when the file is missing, not a file, empty or not ONNX.
+    """
+    if isinstance(source, onnx.ModelProto):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several types for garbage input
+        raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node and not model.graph.input:
+        raise InputError(f"{path}: not an ONNX model (no graph found)")
+    _load_external(model, path.parent, path)
+    return model
+
+
+def _load_external(model: onnx.ModelProto, base: Path, path: Path) -> None:
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = base / info.get("location", "")
+        if not location.is_file():
+            raise InputError(f"{path}: external data file '{info.get('location', '')}' of tensor "
+                             f"'{tensor.name}' not found next to the model")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(base))
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read external data ({exc})") from None
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Every tensor whose value is known without running the model: initializers and Constant outputs."""
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "Constant" or not node.output:
+            continue
+        attr = node.attribute[0] if node.attribute else None
+        if attr is None:
+            continue
+        if attr.name == "value":
+            values[node.output[0]] = numpy_helper.to_array(attr.t)
+        elif attr.name == "value_float":
+            values[node.output[0]] = np.array(attr.f, dtype=np.float32)
+        elif attr.name == "value_floats":
+            values[node.output[0]] = np.array(list(attr.floats), dtype=np.float32)
+        elif attr.name == "value_int":
+            values[node.output[0]] = np.array(attr.i, dtype=np.int64)
+        elif attr.name == "value_ints":
+            values[node.output[0]] = np.array(list(attr.ints), dtype=np.int64)
+    return values
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _decode(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class _Walk:
+    """State while walking the chain from the input to the logits."""
+
+    model: onnx.ModelProto
+    consts: dict[str, np.ndarray]
+    consumers: dict[str, list[int]]
+    opset: int
+    layers: list = field(default_factory=list)
+    shape: tuple[int, ...] = ()
+    tensor: str = ""
+    open_linear: bool = False  # the last layer is linear and nothing but bias/BatchNorm followed it yet
+    visited: set[int] = field(default_factory=set)
+    batch: int | None = None  # a fixed batch size from the input's first dimension, if any
+
+    def const(self, name: str, node: onnx.NodeProto, what: str) -> np.ndarray:
+        if name not in self.consts:
+            raise UnsupportedModelError(f"{node_label(node)}: its {what} '{name}' is computed, not a constant")
+        return self.consts[name]
+
+    def fail(self, node: onnx.NodeProto, why: str):
+        raise UnsupportedModelError(f"{node_label(node)}: {why}")
+
+
+def _single_activation_input(walk: _Walk, node: onnx.NodeProto) -> None:
+    """The node must read the walked tensor once, and every other input must be a constant."""
+    for pos, name in enumerate(node.input):
+        if not name or name == walk.tensor:
+            continue
+        if name not in walk.consts:
+            walk.fail(node, f"input {pos} '{name}' is another activation: only single-input chains are "
+                            "supported (no residual, concat or multi-input branches)")
+
+
+def _pads_2d(walk: _Walk, node: onnx.NodeProto, attrs: dict, kernel, strides, dilations) -> tuple[int, ...]:
+    auto = _decode(attrs.get("auto_pad", "NOTSET"))
+    _, h, w = walk.shape
+    if auto in ("NOTSET", ""):
+        pads = tuple(int(p) for p in attrs.get("pads", (0, 0, 0, 0)))
+        if len(pads) != 4:
+            walk.fail(node, f"pads {list(pads)} are not 2-D")
+        return pads  # ONNX order (begin_h, begin_w, end_h, end_w) == (top, left, bottom, right)
+    if auto == "VALID":
+        return (0, 0, 0, 0)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for size, k, s, d in zip((h, w), kernel, strides, dilations):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            pads.append((small, big) if auto == "SAME_UPPER" else (big, small))
+        return (pads[0][0], pads[1][0], pads[0][1], pads[1][1])
+    walk.fail(node, f"auto_pad '{auto}' is not an ONNX value")
+
+
+def _need_rank(walk: _Walk, node: onnx.NodeProto, rank: int, what: str) -> None:
+    if len(walk.shape) != rank:
+        walk.fail(node, f"expects {what}, got per-sample shape {list(walk.shape)}")
+
+
+def _add_linear(walk: _Walk, layer) -> None:
+    walk.layers.append(layer)
+    walk.shape = layer.out_shape
+    walk.open_linear = True
+
+
+def _on_gemm(walk: _Walk, node: onnx.NodeProto) -> None:
+    attrs = _attrs(node)
+    if node.input[0] != walk.tensor:
+        walk.fail(node, "the activation must be input A (weights as A are not supported)")
+    if attrs.get("transA", 0):
+        walk.fail(node, "transA=1 would treat the batch axis as features")
+    _need_rank(walk, node, 1, "a flat input [N, features]")
+    b = walk.const(node.input[1], node, "weight B").astype(np.float64)
+    trans_b = bool(attrs.get("transB", 0))
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    if b.ndim != 2:
+        walk.fail(node, f"weight '{node.input[1]}' has shape {list(b.shape)}, expected 2-D")
+    weight = alpha * (b if trans_b else b.T)  # [out, in]
+    if weight.shape[1] != walk.shape[0]:
+        walk.fail(node, f"weight '{node.input[1]}' {list(b.shape)} does not fit input width {walk.shape[0]}")
+    units = weight.shape[0]
+    out_refs = [ParamRef(node.input[1], 0 if trans_b else 1)]
+    bias = np.zeros(units)
+    if len(node.input) > 2 and node.input[2]:
+        c = walk.const(node.input[2], node, "bias C").astype(np.float64)
+        try:
+            bias = beta * np.broadcast_to(c, (1, units)).reshape(units).copy()
+        except ValueError:
+            walk.fail(node, f"bias '{node.input[2]}' {list(c.shape)} does not broadcast to [{units}]")
+        if c.ndim >= 1 and c.shape[-1] == units and c.size == units:
+            out_refs.append(ParamRef(node.input[2], c.ndim - 1))
+    _add_linear(walk, Dense(name=node.name or node.output[0], weight=weight, bias=bias, in_shape=walk.shape,
+                            out_refs=tuple(out_refs), in_refs=(ParamRef(node.input[1], 1 if trans_b else 0),),
+                            nodes=(node.name,)))
+
+
+def _on_matmul(walk: _Walk, node: onnx.NodeProto) -> None:
+    if node.input[0] != walk.tensor:
+        walk.fail(node, "the activation must be the first operand (x @ W)")
+    _need_rank(walk, node, 1, "a flat input [N, features]")
+    w = walk.const(node.input[1], node, "weight").astype(np.float64)
+    if w.ndim != 2 or w.shape[0] != walk.shape[0]:
+        walk.fail(node, f"weight '{node.input[1]}' {list(w.shape)} does not fit input width {walk.shape[0]}")
+    _add_linear(walk, Dense(name=node.name or node.output[0], weight=w.T.copy(), bias=np.zeros(w.shape[1]),
+                            in_shape=walk.shape, out_refs=(ParamRef(node.input[1], 1),),
+                            in_refs=(ParamRef(node.input[1], 0),), nodes=(node.name,)))
+
+
+def _on_conv(walk: _Walk, node: onnx.NodeProto) -> None:
+    attrs = _attrs(node)
+    if node.input[0] != walk.tensor:
+        walk.fail(node, "the activation must be input X")
+    _need_rank(walk, node, 3, "a 2-D image input [N, C, H, W]")
+    w = walk.const(node.input[1], node, "weight").astype(np.float64)
+    if w.ndim != 4:
+        walk.fail(node, f"weight '{node.input[1]}' has shape {list(w.shape)}: only 2-D convolutions are supported")
+    if int(attrs.get("group", 1)) != 1:
+        walk.fail(node, f"group={attrs['group']} (grouped/depthwise convolution) is not supported yet")
+    if w.shape[1] != walk.shape[0]:
+        walk.fail(node, f"weight '{node.input[1]}' {list(w.shape)} does not fit {walk.shape[0]} input channels")
+    kernel = tuple(int(k) for k in attrs.get("kernel_shape", w.shape[2:]))
+    if kernel != tuple(w.shape[2:]):
+        walk.fail(node, f"kernel_shape {list(kernel)} differs from the weight's {list(w.shape[2:])}")
+    strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
+    dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
+    pads = _pads_2d(walk, node, attrs, kernel, strides, dilations)
+    out_refs = [ParamRef(node.input[1], 0)]
+    bias = np.zeros(w.shape[0])
+    if len(node.input) > 2 and node.input[2]:
+        bias = walk.const(node.input[2], node, "bias").astype(np.float64).reshape(-1).copy()
+        out_refs.append(ParamRef(node.input[2], 0))
+    layer = Conv(name=node.name or node.output[0], weight=w, bias=bias, in_shape=walk.shape, strides=strides,
+                 pads=pads, dilations=dilations, out_refs=tuple(out_refs), in_refs=(ParamRef(node.input[1], 1),),
+                 nodes=(node.name,))
+    if min(layer.out_hw) < 1:
+        walk.fail(node, f"output would be empty for input {list(walk.shape)}")
+    _add_linear(walk, layer)
+
+
+def _on_add(walk: _Walk, node: onnx.NodeProto) -> None:
+    """Add of a constant right after a linear layer: its bias."""
+    other = node.input[1] if node.input[0] == walk.tensor else node.input[0]
+    if other == walk.tensor:
+        walk.fail(node, "adds the activation to itself")
+    if other not in walk.consts:
+        walk.fail(node, f"adds two activations ('{walk.tensor}' and '{other}'): residual connections are "
+                        "not supported")
+    if not walk.open_linear:
+        walk.fail(node, "adds a constant that is not the bias of a Gemm/MatMul/Conv")
+    layer = walk.layers[-1]
+    c = walk.consts[other].astype(np.float64)
+    units = layer.units
+    if isinstance(layer, Dense):
+        ok = c.size == units and c.ndim in (1, 2) and c.shape[-1] == units
+        axis = c.ndim - 1
+    else:
+        ok = c.size == units and (c.shape in ((units, 1, 1), (1, units, 1, 1)))
+        axis = c.ndim - 3
+    if not ok and c.size == 1:
+        layer.bias = layer.bias + float(c.reshape(()))
+    elif ok:
+        layer.bias = layer.bias + c.reshape(units)
+        layer.out_refs = layer.out_refs + (ParamRef(other, axis),)
+    else:
+        walk.fail(node, f"constant '{other}' {list(c.shape)} is not a per-unit bias of {layer.kind} layer "
+                        f"'{layer.name}' with {units} units")
+    layer.nodes = layer.nodes + (node.name,)
+
+
+def _on_batchnorm(walk: _Walk, node: onnx.NodeProto) -> None:
+    attrs = _attrs(node)
+    if not walk.open_linear:
+        walk.fail(node, "BatchNormalization must directly follow a Conv, Gemm or MatMul to be folded")
+    if attrs.get("training_mode", 0):
+        walk.fail(node, "training_mode=1 (training-form BatchNormalization)")
+    if any(out for out in node.output[1:]):
+        walk.fail(node, "its running statistics outputs are used (training form)")
+    layer = walk.layers[-1]
+    scale, beta, mean, var = (walk.const(name, node, what).astype(np.float64).reshape(-1)
+                              for name, what in zip(node.input[1:5], ("scale", "B", "mean", "var")))
+    if not all(v.size == layer.units for v in (scale, beta, mean, var)):
+        walk.fail(node, f"parameters do not have {layer.units} entries")
+    g = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
+    layer.weight = layer.weight * g.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
+    layer.bias = (layer.bias - mean) * g + beta
+    layer.out_refs = layer.out_refs + tuple(ParamRef(name, 0) for name in node.input[1:5])
+    layer.nodes = layer.nodes + (node.name,)
+
+
+def _on_relu(walk: _Walk, node: onnx.NodeProto) -> None:
+    walk.layers.append(Relu(name=node.name or node.output[0], in_shape=walk.shape, nodes=(node.name,)))
+    walk.open_linear = False
+
+
+def _on_maxpool(walk: _Walk, node: onnx.NodeProto) -> None:
+    attrs = _attrs(node)
+    _need_rank(walk, node, 3, "a 2-D image input [N, C, H, W]")
+    if len(node.output) > 1 and node.output[1]:
+        walk.fail(node, "its Indices output is used")
+    kernel = tuple(int(k) for k in attrs["kernel_shape"])
+    if len(kernel) != 2:
+        walk.fail(node, f"kernel_shape {list(kernel)} is not 2-D")
+    strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
+    dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
+    pads = _pads_2d(walk, node, attrs, kernel, strides, dilations)
+    layer = MaxPool(name=node.name or node.output[0], in_shape=walk.shape, kernel=kernel, strides=strides,
+                    pads=pads, dilations=dilations, ceil_mode=bool(attrs.get("ceil_mode", 0)), nodes=(node.name,))
+    walk.layers.append(layer)
+    walk.shape = layer.out_shape
+    walk.open_linear = False
+
+
+def _on_avgpool(walk: _Walk, node: onnx.NodeProto) -> None:
+    attrs = _attrs(node)
+    _need_rank(walk, node, 3, "a 2-D image input [N, C, H, W]")
+    kernel = tuple(int(k) for k in attrs["kernel_shape"])
+    if len(kernel) != 2:
+        walk.fail(node, f"kernel_shape {list(kernel)} is not 2-D")
+    strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
+    if attrs.get("dilations") and tuple(attrs["dilations"]) != (1, 1):
+        walk.fail(node, "dilated average pooling is not supported")
+    pads = _pads_2d(walk, node, attrs, kernel, strides, (1, 1))
+    layer = AvgPool(name=node.name or node.output[0], in_shape=walk.shape, kernel=kernel, strides=strides,
+                    pads=pads, count_include_pad=bool(attrs.get("count_include_pad", 0)), nodes=(node.name,))
+    if attrs.get("ceil_mode", 0):
+        ceil = MaxPool(name="", in_shape=walk.shape, kernel=kernel, strides=strides, pads=pads, ceil_mode=True)
+        if ceil.out_hw != layer.out_hw:
+            walk.fail(node, "ceil_mode=1 changes the output size here, which is not supported for AveragePool")
+    walk.layers.append(layer)
+    walk.shape = layer.out_shape
+    walk.open_linear = False
+
+
+def _on_global_avgpool(walk: _Walk, node: onnx.NodeProto) -> None:
+    _need_rank(walk, node, 3, "a 2-D image input [N, C, H, W]")
+    _, h, w = walk.shape
+    layer = AvgPool(name=node.name or node.output[0], in_shape=walk.shape, kernel=(h, w), strides=(1, 1),
+                    nodes=(node.name,))
+    walk.layers.append(layer)
+    walk.shape = layer.out_shape
+    walk.open_linear = False
+
+
+def _add_reshape(walk: _Walk, node: onnx.NodeProto, out_shape: tuple[int, ...], shape_node: str | None) -> None:
+    if int(np.prod(out_shape)) != int(np.prod(walk.shape)):
+        walk.fail(node, f"reshapes {list(walk.shape)} to {list(out_shape)}: sizes differ")
+    walk.layers.append(Reshape(name=node.name or node.output[0], in_shape=walk.shape, out_shape=tuple(out_shape),
+                               shape_node=shape_node, nodes=(node.name,)))
+    walk.shape = tuple(out_shape)
+    walk.open_linear = False
+
+
+def _on_flatten(walk: _Walk, node: onnx.NodeProto) -> None:
+    axis = int(_attrs(node).get("axis", 1))
+    if axis < 0:
+        axis += len(walk.shape) + 1
+    if axis != 1:
+        walk.fail(node, f"axis={axis} would mix the batch axis with features (only axis 1 is supported)")
+    _add_reshape(walk, node, (int(np.prod(walk.shape)),), None)
+
+
+def _on_reshape(walk: _Walk, node: onnx.NodeProto) -> None:
+    attrs = _attrs(node)
+    if len(node.input) > 1 and node.input[1]:
+        target = walk.const(node.input[1], node, "shape").astype(np.int64).reshape(-1).tolist()
+    elif "shape" in attrs:  # opset 1-4 attribute form
+        target = [int(v) for v in attrs["shape"]]
+    else:
+        walk.fail(node, "has no target shape")
+    allowzero = bool(attrs.get("allowzero", 0))
+    if not target:
+        walk.fail(node, "reshapes to a scalar")
+    head, rest = target[0], list(target[1:])
+    if head not in (0, -1) and head != walk.batch:
+        walk.fail(node, f"target shape {target} does not keep the batch axis first")
+    if head == -1 and -1 in rest:
+        walk.fail(node, f"target shape {target} has two -1 entries")
+    if head == 0 and allowzero:
+        walk.fail(node, f"target shape {target} with allowzero=1 makes an empty batch")
+    for i, v in enumerate(rest):
+        if v == 0 and not allowzero:
+            if i + 1 > len(walk.shape):
+                walk.fail(node, f"target shape {target} copies a dimension the input does not have")
+            rest[i] = walk.shape[i]
+    total = int(np.prod(walk.shape))
+    if head == -1:
+        known = int(np.prod(rest)) if rest else 1
+        if known <= 0 or total % known:
+            walk.fail(node, f"target shape {target} does not keep the per-sample size {total}")
+    elif -1 in rest:
+        known = int(np.prod([v for v in rest if v != -1])) if len(rest) > 1 else 1
+        if known <= 0 or total % known:
+            walk.fail(node, f"target shape {target} does not fit per-sample shape {list(walk.shape)}")
+        rest[rest.index(-1)] = total // known
+    # a target that spells out unit counts must be rewritten when units are removed upstream
+    spelled = any(v > 0 for v in target[1:])
+    _add_reshape(walk, node, tuple(rest), node.output[0] if spelled else None)
+
+
+def _axes(walk: _Walk, node: onnx.NodeProto) -> list[int]:
+    attrs = _attrs(node)
+    if len(node.input) > 1 and node.input[1]:
+        return walk.const(node.input[1], node, "axes").astype(np.int64).reshape(-1).tolist()
+    return [int(a) for a in attrs.get("axes", [])]
+
+
+def _on_squeeze(walk: _Walk, node: onnx.NodeProto) -> None:
+    rank = len(walk.shape) + 1
+    axes = [a + rank if a < 0 else a for a in _axes(walk, node)]
+    full = (walk.batch or 1,) + walk.shape
+    if not axes:
+        axes = [i for i in range(1, rank) if full[i] == 1]
+    if 0 in axes:
+        walk.fail(node, "squeezes the batch axis")
+    if any(full[a] != 1 for a in axes):
+        walk.fail(node, f"squeezes axes {axes} of shape {list(walk.shape)} that are not 1")
+    _add_reshape(walk, node, tuple(d for i, d in enumerate(full) if i not in axes)[1:], None)
+
+
+def _on_unsqueeze(walk: _Walk, node: onnx.NodeProto) -> None:
+    rank = len(walk.shape) + 1 + len(_axes(walk, node))
+    axes = sorted(a + rank if a < 0 else a for a in _axes(walk, node))
+    if 0 in axes:
+        walk.fail(node, "inserts an axis before the batch axis")
+    out = list(walk.shape)
+    for a in axes:
+        out.insert(a - 1, 1)
+    _add_reshape(walk, node, tuple(out), None)
+
+
+def _on_transpose(walk: _Walk, node: onnx.NodeProto) -> None:
+    full = (1,) + walk.shape
+    perm = [int(p) for p in _attrs(node).get("perm", list(range(len(full)))[::-1])]
+    if sorted(perm) != list(range(len(full))):
+        walk.fail(node, f"perm {perm} does not fit rank {len(full)}")
+    moved = [p for p in perm if full[p] != 1]
+    if perm[0] != 0 or moved != sorted(moved):
+        walk.fail(node, f"perm {perm} changes the memory layout of {list(walk.shape)} (only layout no-ops are "
+                        "supported)")
+    _add_reshape(walk, node, tuple(full[p] for p in perm[1:]), None)
+
+
+def _on_passthrough(walk: _Walk, node: onnx.NodeProto) -> None:
+    """Identity, Dropout (inference), Cast to a float type: dropped."""
+    if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1] and walk.consumers.get(node.output[1]):
+        walk.fail(node, "its mask output is used")
+    if node.op_type == "Cast" and _attrs(node).get("to") not in FLOAT_TYPES:
+        walk.fail(node, "casts to a non-float type inside the network")
+
+
+BODY_OPS: dict[str, Callable[[_Walk, onnx.NodeProto], None]] = {
+    "Gemm": _on_gemm,
+    "MatMul": _on_matmul,
+    "Conv": _on_conv,
+    "Add": _on_add,
+    "BatchNormalization": _on_batchnorm,
+    "Relu": _on_relu,
+    "MaxPool": _on_maxpool,
+    "AveragePool": _on_avgpool,
+    "GlobalAveragePool": _on_global_avgpool,
+    "Flatten": _on_flatten,
+    "Reshape": _on_reshape,
+    "Squeeze": _on_squeeze,
+    "Unsqueeze": _on_unsqueeze,
+    "Transpose": _on_transpose,
+    "Identity": _on_passthrough,
+    "Dropout": _on_passthrough,
+    "Cast": _on_passthrough,
+}
+
+_ELEM_TO_NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+                  onnx.TensorProto.FLOAT16: np.float16}
+
+
+def _graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    inits = {init.name for init in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in inits]
+    if len(inputs) != 1:
+        names = ", ".join(f"'{vi.name}'" for vi in inputs) or "none"
+        raise UnsupportedModelError(f"model has {len(inputs)} inputs ({names}); onnxcrit needs exactly one")
+    return inputs[0]
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 1
+
+
+def _at_tail(walk: _Walk, nodes) -> bool:
+    """True when the walked tensor is the logits: the last layer is linear and only tail ops (or no op) follow."""
+    linear = [l for l in walk.layers if l.kind in ("dense", "conv")]
+    if not linear or walk.layers[-1].kind not in ("dense", "conv"):
+        return False
+    if not nodes:
+        return True
+    # Reshape/Flatten/Identity/Cast may be body ops too; they end the body only when nothing linear follows
+    return not _reaches_linear(walk, walk.tensor) and all(walk.model.graph.node[i].op_type in TAIL_OPS
+                                                           for i in nodes)
+
+
+def _reaches_linear(walk: _Walk, tensor: str) -> bool:
+    seen, todo = set(), [tensor]
+    while todo:
+        for i in walk.consumers.get(todo.pop(), []):
+            if i in seen:
+                continue
+            seen.add(i)
+            node = walk.model.graph.node[i]
+            if node.op_type in ("Gemm", "MatMul", "Conv", "ConvTranspose"):
+                return True
+            todo.extend(node.output)
+    return False
+
+
+def to_network(model: onnx.ModelProto) -> Network:
+    """Recognise the model's feed-forward chain as a Network, or raise UnsupportedModelError."""
+    graph = model.graph
+    opset = _opset(model)
+    vi = _graph_input(model)
+    ttype = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type"):
+        raise UnsupportedModelError(f"input '{vi.name}' is not a tensor")
+    if ttype.elem_type not in _ELEM_TO_NUMPY:
+        raise UnsupportedModelError(f"input '{vi.name}' has element type "
+                                    f"{onnx.TensorProto.DataType.Name(ttype.elem_type)}; a float input is needed")
+    dims = list(ttype.shape.dim)
+    if len(dims) < 2:
+        raise UnsupportedModelError(f"input '{vi.name}' has rank {len(dims)}; expected [batch, features...]")
+    shape = []
+    for i, d in enumerate(dims[1:], start=1):
+        if not d.HasField("dim_value") or d.dim_value <= 0:
+            raise UnsupportedModelError(f"input '{vi.name}' dimension {i} is not a fixed size ({d.dim_param or '?'})")
+        shape.append(int(d.dim_value))
+    batch = int(dims[0].dim_value) if dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in set(node.input):
+            if name:
+                consumers.setdefault(name, []).append(i)
+    consts = constant_values(graph)
+    walk = _Walk(model=model, consts=consts, consumers=consumers, opset=opset, shape=tuple(shape),
+                 tensor=vi.name, batch=batch)
+    outputs = {o.name for o in graph.output}
+    tail_ops: list[str] = []
+    while True:
+        nodes = [i for i in consumers.get(walk.tensor, []) if i not in walk.visited]
+        if _at_tail(walk, nodes):
+            tail_ops = _collect_tail(walk, nodes)
+            break
+        if not nodes:
+            if walk.tensor in outputs:
+                raise UnsupportedModelError(f"output '{walk.tensor}' does not come from a Gemm, MatMul or Conv "
+                                            "layer (the last layer must be linear, e.g. no ReLU on the logits)")
+            raise UnsupportedModelError(f"tensor '{walk.tensor}' is not used and is no output")
+        if len(nodes) > 1:
+            what = ", ".join(node_label(graph.node[i], i) for i in nodes)
+            raise UnsupportedModelError(f"tensor '{walk.tensor}' feeds {len(nodes)} nodes ({what}): branching "
+                                        "graphs (residual, concat) are not supported")
+        if walk.tensor in outputs and walk.tensor != vi.name:
+            raise UnsupportedModelError(f"intermediate tensor '{walk.tensor}' is also a graph output; onnxcrit "
+                                        "needs the logits to be the last linear layer's output")
+        node = graph.node[nodes[0]]
+        handler = BODY_OPS.get(node.op_type)
+        if handler is None or node.domain not in ("", "ai.onnx"):
+            raise UnsupportedModelError(f"{node_label(node, nodes[0])}: op {node.op_type} is not supported "
+                                        f"({_why_unsupported(node.op_type)})")
+        _single_activation_input(walk, node)
+        handler(walk, node)
+        walk.visited.add(nodes[0])
+        main_outputs = [o for o in node.output[:1] if o]
+        walk.tensor = main_outputs[0]
+    _check_dead_ends(walk, graph, outputs)
+    linear = [layer for layer in walk.layers if layer.kind in ("dense", "conv")]
+    if len(linear) < 2:
+        raise UnsupportedModelError("model has fewer than two Gemm/MatMul/Conv layers: nothing to prune")
+    if not any(layer.kind == "relu" for layer in walk.layers):
+        raise UnsupportedModelError("model has no Relu: onnxcrit optimises ReLU networks")
+    if linear[-1].kind != "dense":
+        raise UnsupportedModelError(f"the last layer '{linear[-1].name}' is a convolution; the output layer "
+                                    "must be dense (Gemm/MatMul)")
+    return Network(layers=walk.layers, input_name=vi.name, input_shape=tuple(shape),
+                   input_dtype=np.dtype(_ELEM_TO_NUMPY[ttype.elem_type]), logits_name=walk.tensor,
+                   output_names=tuple(o.name for o in graph.output), tail_ops=tuple(tail_ops))
+
+
+def _why_unsupported(op: str) -> str:
+    if op in ("Concat", "Split", "Sum", "Mul", "Sub", "Div"):
+        return "onnxcrit needs a feed-forward chain of Gemm/MatMul/Conv, bias, BatchNorm, Relu and pooling"
+    if op in ("Sigmoid", "Tanh", "LeakyRelu", "PRelu", "Elu", "Selu", "Gelu", "HardSigmoid", "Clip", "Softplus"):
+        return "only Relu activations are supported inside the network"
+    return "not a dense, convolution, ReLU, pooling or reshape op"
+
+
+def _collect_tail(walk: _Walk, nodes) -> list[str]:
+    seen, order, todo = set(), [], list(nodes)
+    while todo:
+        i = todo.pop(0)
+        if i in seen:
+            continue
+        seen.add(i)
+        node = walk.model.graph.node[i]
+        order.append(node.op_type)
+        for out in node.output:
+            todo.extend(walk.consumers.get(out, []))
+    walk.visited |= seen
+    return order
+
+
+def _check_dead_ends(walk: _Walk, graph: onnx.GraphProto, outputs: set[str]) -> None:
+    """A node off the chain that is not a constant (or part of a constant computation) means a branch."""
+    for i, node in enumerate(graph.node):
+        if i in walk.visited or node.op_type == "Constant":
+            continue
+        if all(not name or name in walk.consts for name in node.input):
+            continue  # computes on constants only (e.g. shape arithmetic); harmless
+        raise UnsupportedModelError(f"{node_label(node, i)} is off the main chain: branching graphs are not "
+                                    "supported")
+
+
+def load_network(source: str | os.PathLike | onnx.ModelProto) -> tuple[Network, onnx.ModelProto]:
+    """Load an ONNX model and recognise it: (Network, the ModelProto with external data loaded)."""
+    model = load_model(source)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise InputError(f"{_name_of(source)}: not a valid ONNX model ({first})") from None
+    except ValueError:
+        pass  # over 2 GB in memory: the checker needs a path; the walk below still validates what it uses
+    return to_network(model), model
+
+
+def _name_of(source) -> str:
+    return str(source) if not isinstance(source, onnx.ModelProto) else "model"

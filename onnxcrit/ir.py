@@ -1,0 +1,332 @@
+"""The layer IR: plain dataclasses of numpy arrays with a numpy forward pass.
+
+The IR is the one source of shapes. Every shape is per sample (no batch axis). Linear layers (`Dense`,
+`Conv`) keep, for their output units and their input units, where their numbers live in the original ONNX
+graph (`ParamRef`), so the rewrite can shrink the right tensors without re-deriving anything.
+
+Weights are float64 with BatchNormalization and Gemm's alpha/beta already folded in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A tensor of the original graph (initializer or Constant output) whose `axis` is indexed by units."""
+
+    tensor: str
+    axis: int
+
+
+def _out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int,
+              ceil_mode: bool = False) -> int:
+    span = dilation * (kernel - 1) + 1
+    room = size + pad_begin + pad_end - span
+    if ceil_mode:
+        out = -(-room // stride) + 1
+        # ONNX/ORT: the last window must start inside the input or the left padding
+        if (out - 1) * stride >= size + pad_begin:
+            out -= 1
+        return out
+    return room // stride + 1
+
+
+def patch_indices(height: int, width: int, kernel: Sequence[int], strides: Sequence[int],
+                  pads: Sequence[int], dilations: Sequence[int], ceil_mode: bool = False) -> np.ndarray:
+    """Flat spatial input index (h * width + w) of every window element, -1 where it falls on padding.
+
+    Shape [out_h * out_w, kernel_h * kernel_w]; windows in row-major output order.
+    pads are (top, left, bottom, right).
+    """
+    kh, kw = kernel
+    sh, sw = strides
+    pt, pl, pb, pr = pads
+    dh, dw = dilations
+    oh = _out_size(height, kh, sh, pt, pb, dh, ceil_mode)
+    ow = _out_size(width, kw, sw, pl, pr, dw, ceil_mode)
+    rows = (np.arange(oh) * sh - pt)[:, None] + np.arange(kh)[None, :] * dh  # [oh, kh]
+    cols = (np.arange(ow) * sw - pl)[:, None] + np.arange(kw)[None, :] * dw  # [ow, kw]
+    r = rows[:, None, :, None]
+    c = cols[None, :, None, :]
+    valid = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+    flat = np.where(valid, r * width + c, -1)  # [oh, ow, kh, kw]
+    return flat.reshape(oh * ow, kh * kw).astype(np.int64)
+
+
+def _gather_patches(x: np.ndarray, idx: np.ndarray, fill: float) -> np.ndarray:
+    """x [N, C, H, W] -> [N, C, P, K] with `fill` where idx == -1."""
+    n, c, h, w = x.shape
+    flat = x.reshape(n, c, h * w)
+    padded = np.concatenate([flat, np.full((n, c, 1), fill, dtype=x.dtype)], axis=2)
+    return padded[:, :, np.where(idx < 0, h * w, idx)]
+
+
+@dataclass
+class Dense:
+    """y = W x + b on a flat input. weight [units, inputs]."""
+
+    name: str
+    weight: np.ndarray
+    bias: np.ndarray
+    in_shape: tuple[int, ...]
+    out_refs: tuple[ParamRef, ...] = ()
+    in_refs: tuple[ParamRef, ...] = ()
+    nodes: tuple[str, ...] = ()
+    kind = "dense"
+
+    @property
+    def units(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.units,)
+
+    @property
+    def params(self) -> int:
+        return int(self.weight.size + self.bias.size)
+
+    @property
+    def macs(self) -> int:
+        return int(self.weight.size)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.weight.T + self.bias
+
+
+@dataclass
+class Conv:
+    """2-D convolution, group 1. weight [units, in_channels, kh, kw]; pads (top, left, bottom, right)."""
+
+    name: str
+    weight: np.ndarray
+    bias: np.ndarray
+    in_shape: tuple[int, int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+    out_refs: tuple[ParamRef, ...] = ()
+    in_refs: tuple[ParamRef, ...] = ()
+    nodes: tuple[str, ...] = ()
+    kind = "conv"
+
+    @property
+    def units(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return int(self.weight.shape[2]), int(self.weight.shape[3])
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        _, h, w = self.in_shape
+        return (_out_size(h, self.kernel[0], self.strides[0], self.pads[0], self.pads[2], self.dilations[0]),
+                _out_size(w, self.kernel[1], self.strides[1], self.pads[1], self.pads[3], self.dilations[1]))
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.units, *self.out_hw)
+
+    @property
+    def params(self) -> int:
+        return int(self.weight.size + self.bias.size)
+
+    @property
+    def macs(self) -> int:
+        oh, ow = self.out_hw
+        return int(self.weight.size * oh * ow)
+
+    def patches(self) -> np.ndarray:
+        """Window indices, see `patch_indices`."""
+        _, h, w = self.in_shape
+        return patch_indices(h, w, self.kernel, self.strides, self.pads, self.dilations)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        cols = _gather_patches(x, self.patches(), 0.0)  # [N, C, P, K]
+        w = self.weight.reshape(self.units, self.weight.shape[1], -1)  # [O, C, K]
+        y = np.einsum("ncpk,ock->nop", cols, w, optimize=True) + self.bias[None, :, None]
+        return y.reshape(n, *self.out_shape)
+
+
+@dataclass
+class Relu:
+    name: str
+    in_shape: tuple[int, ...]
+    nodes: tuple[str, ...] = ()
+    kind = "relu"
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self.in_shape
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0.0)
+
+
+@dataclass
+class MaxPool:
+    name: str
+    in_shape: tuple[int, int, int]
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    nodes: tuple[str, ...] = ()
+    kind = "maxpool"
+
+    def patches(self) -> np.ndarray:
+        _, h, w = self.in_shape
+        return patch_indices(h, w, self.kernel, self.strides, self.pads, self.dilations, self.ceil_mode)
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        _, h, w = self.in_shape
+        return (_out_size(h, self.kernel[0], self.strides[0], self.pads[0], self.pads[2], self.dilations[0],
+                          self.ceil_mode),
+                _out_size(w, self.kernel[1], self.strides[1], self.pads[1], self.pads[3], self.dilations[1],
+                          self.ceil_mode))
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.in_shape[0], *self.out_hw)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = _gather_patches(x, self.patches(), -np.inf).max(axis=3)
+        return y.reshape(x.shape[0], *self.out_shape)
+
+
+@dataclass
+class AvgPool:
+    """Average pooling; GlobalAveragePool is an AvgPool whose kernel is the whole map."""
+
+    name: str
+    in_shape: tuple[int, int, int]
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    count_include_pad: bool = False
+    nodes: tuple[str, ...] = ()
+    kind = "avgpool"
+
+    def patches(self) -> np.ndarray:
+        _, h, w = self.in_shape
+        return patch_indices(h, w, self.kernel, self.strides, self.pads, (1, 1))
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        _, h, w = self.in_shape
+        return (_out_size(h, self.kernel[0], self.strides[0], self.pads[0], self.pads[2], 1),
+                _out_size(w, self.kernel[1], self.strides[1], self.pads[1], self.pads[3], 1))
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.in_shape[0], *self.out_hw)
+
+    def window_weights(self) -> np.ndarray:
+        """[P, K] weight of each window element in the average (0 on padding unless counted)."""
+        idx = self.patches()
+        if self.count_include_pad:
+            return np.full(idx.shape, 1.0 / idx.shape[1])
+        valid = (idx >= 0).astype(np.float64)
+        return valid / valid.sum(axis=1, keepdims=True)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        cols = _gather_patches(x, self.patches(), 0.0)
+        y = np.einsum("ncpk,pk->ncp", cols, self.window_weights())
+        return y.reshape(x.shape[0], *self.out_shape)
+
+
+@dataclass
+class Reshape:
+    """A row-major reshape (Flatten, Reshape, Squeeze, Unsqueeze, layout-free Transpose).
+
+    shape_node names (by its output tensor) the original Reshape node whose constant target shape spells out
+    sizes, so it must change when units are removed upstream (None when it does not depend on unit counts, e.g. Flatten or [0, -1]).
+    """
+
+    name: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    shape_node: str | None = None
+    nodes: tuple[str, ...] = ()
+    kind = "reshape"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(x.shape[0], *self.out_shape)
+
+
+Layer = Union[Dense, Conv, Relu, MaxPool, AvgPool, Reshape]
+LINEAR_KINDS = ("dense", "conv")
+
+
+@dataclass
+class Network:
+    """A feed-forward chain of layers from one input to the logits (the last linear layer's output)."""
+
+    layers: list[Layer]
+    input_name: str
+    input_shape: tuple[int, ...]
+    input_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+    logits_name: str = ""
+    output_names: tuple[str, ...] = ()
+    tail_ops: tuple[str, ...] = ()
+
+    def linear_indices(self) -> list[int]:
+        """Positions of the Dense/Conv layers in `layers`."""
+        return [i for i, layer in enumerate(self.layers) if layer.kind in LINEAR_KINDS]
+
+    def scored_indices(self) -> list[int]:
+        """Positions of the prunable linear layers: every linear layer but the output layer."""
+        return self.linear_indices()[:-1]
+
+    @property
+    def num_classes(self) -> int:
+        return self.layers[self.linear_indices()[-1]].units
+
+    @property
+    def params(self) -> int:
+        return sum(self.layers[i].params for i in self.linear_indices())
+
+    @property
+    def macs(self) -> int:
+        return sum(self.layers[i].macs for i in self.linear_indices())
+
+    def activations(self, x: np.ndarray, scales: dict[int, np.ndarray] | None = None,
+                    batch_size: int = 256) -> list[np.ndarray]:
+        """Output of every layer for inputs x [N, *input_shape], in float64.
+
+        scales maps a linear layer's position to a per-unit factor applied to its outputs (0 removes the
+        unit; a positive factor is what folding it into the outgoing weights gives).
+        """
+        return self._run(x, scales, batch_size, keep_all=True)
+
+    def forward(self, x: np.ndarray, scales: dict[int, np.ndarray] | None = None,
+                batch_size: int = 256) -> np.ndarray:
+        """Logits [N, classes] in float64 (see `activations` for scales)."""
+        return self._run(x, scales, batch_size, keep_all=False)[-1]
+
+    def _run(self, x, scales, batch_size, keep_all):
+        x = np.asarray(x, dtype=np.float64).reshape(-1, *self.input_shape)
+        chunks = []
+        for start in range(0, max(len(x), 1), batch_size):
+            h = x[start:start + batch_size]
+            outs = []
+            for i, layer in enumerate(self.layers):
+                h = layer.forward(h)
+                if scales is not None and i in scales:
+                    factor = np.asarray(scales[i], dtype=np.float64)
+                    h = h * factor.reshape((1, -1) + (1,) * (h.ndim - 2))
+                if keep_all:
+                    outs.append(h)
+            chunks.append(outs if keep_all else [h])
+        return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(chunks[0]))]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x).argmax(axis=1)

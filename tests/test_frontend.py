@@ -1,0 +1,221 @@
+"""Front end: recognised layers and the IR forward pass against onnxruntime on every supported style."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings, strategies as st
+from onnx import helper, numpy_helper
+
+from onnxcrit.errors import InputError, UnsupportedModelError
+from onnxcrit.frontend import load_network, to_network
+from onnxcrit.validate import run_tensors
+
+from .onnx_builders import GraphBuilder, cnn, mlp, sample_inputs
+
+
+def assert_matches_ort(model: onnx.ModelProto, n: int = 6, tol: float = 1e-5):
+    net = to_network(model)
+    x = sample_inputs(model, n)
+    ref = run_tensors(model, net.input_name, x, [net.logits_name])[0]
+    ours = net.forward(x)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=tol, rtol=0)
+    return net
+
+
+@pytest.mark.parametrize("style", ["gemm", "gemm_t0", "gemm_alpha", "matmul", "matmul_rev", "matmul_2d"])
+def test_dense_styles_match_onnxruntime(style):
+    net = assert_matches_ort(mlp(style=style))
+    assert [l.kind for l in net.layers] == ["dense", "relu", "dense", "relu", "dense"]
+    assert [l.units for l in net.layers if l.kind == "dense"] == [10, 8, 5]
+
+
+def test_matmul_without_bias():
+    g = GraphBuilder((6,))
+    g.dense(5, style="matmul", bias=False)
+    g.relu()
+    g.dense(3, style="matmul", bias=False)
+    net = assert_matches_ort(g.model())
+    assert np.all(net.layers[0].bias == 0)
+
+
+def test_dense_batchnorm_dropout_identity_folded():
+    net = assert_matches_ort(mlp(bn=True, dropout=True))
+    assert [l.kind for l in net.layers] == ["dense", "relu", "dense", "relu", "dense"]
+    # the folded BatchNorm's four tensors are indexed by the first layer's units
+    assert len(net.layers[0].out_refs) == 2 + 4
+
+
+@pytest.mark.parametrize("bias", ["input", "add", "none"])
+@pytest.mark.parametrize("pool", ["max", "avg", "global", None])
+def test_cnn_styles_match_onnxruntime(bias, pool):
+    assert_matches_ort(cnn(pool=pool, bias=bias))
+
+
+@pytest.mark.parametrize("flatten", ["flatten", "reshape_const", "reshape_zero"])
+def test_flatten_forms(flatten):
+    net = assert_matches_ort(cnn(flatten=flatten, bn=True))
+    reshape = [l for l in net.layers if l.kind == "reshape"][0]
+    assert reshape.out_shape == (4 * 2 * 2,)
+    assert (reshape.shape_node is not None) == (flatten == "reshape_const")
+
+
+def test_reshape_attribute_form_opset1():
+    """Opset 1-4 Reshape carries its shape as an attribute; onnxruntime cannot run opset < 7, so compare the
+    IR with the same weights in the opset-5 input form."""
+    old = cnn(flatten="reshape_attr", opset=4, pool="max", bias="add")
+    new = cnn(flatten="reshape_const", opset=17, pool="max", bias="add")
+    net_old, net_new = to_network(old), to_network(new)
+    x = sample_inputs(new)
+    ref = run_tensors(new, net_new.input_name, x, [net_new.logits_name])[0]
+    np.testing.assert_allclose(net_old.forward(x), ref, atol=1e-5, rtol=0)
+    assert net_old.layers[[l.kind for l in net_old.layers].index("reshape")].shape_node is not None
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_auto_pad(auto_pad, stride):
+    g = GraphBuilder((2, 7, 7))
+    g.conv(3, kernel=3, stride=stride, auto_pad=auto_pad)
+    g.relu()
+    g.flatten()
+    g.dense(4)
+    assert_matches_ort(g.model())
+
+
+def test_conv_dilation_stride_and_ceil_maxpool():
+    g = GraphBuilder((1, 11, 11))
+    g.conv(3, kernel=3, stride=2, pad=2, dilation=2)
+    g.relu()
+    g.node("MaxPool", [], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+    g.shape = (3, 3, 3)
+    g.flatten()
+    g.dense(4)
+    assert_matches_ort(g.model())
+
+
+def test_tails_are_kept_and_ignored():
+    for tail in ("softmax", "logsoftmax", "argmax"):
+        net = assert_matches_ort(mlp(tail=tail))
+        assert net.tail_ops[0].lower() == tail
+
+
+def test_params_and_macs():
+    net = to_network(cnn(channels=(3, 4), dense=(6, 5), pool="max"))
+    conv1, conv2 = [l for l in net.layers if l.kind == "conv"]
+    assert conv1.params == 3 * 1 * 9 + 3 and conv1.macs == 3 * 9 * 8 * 8
+    assert conv2.params == 4 * 3 * 9 + 4 and conv2.macs == 4 * 3 * 9 * 4 * 4
+    inits = sum(int(np.prod(t.dims)) for t in cnn(channels=(3, 4), dense=(6, 5), pool="max").graph.initializer)
+    assert net.params == inits
+
+
+def test_cast_input_and_external_data(tmp_path):
+    model = mlp()
+    onnx.save(mlp(), tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.onnx.data", size_threshold=0)
+    net, loaded = load_network(tmp_path / "m.onnx")
+    x = sample_inputs(model)
+    np.testing.assert_allclose(net.forward(x), to_network(model).forward(x), atol=0, rtol=0)
+    (tmp_path / "m.onnx.data").unlink()
+    with pytest.raises(InputError, match="external data file 'm.onnx.data'"):
+        load_network(tmp_path / "m.onnx")
+
+
+# refusals --------------------------------------------------------------------------------------------
+
+def _residual_model():
+    g = GraphBuilder((6,))
+    g.dense(6)
+    g.relu()
+    skip = g.tensor
+    g.dense(6)
+    g.nodes.append(helper.make_node("Add", [g.tensor, skip], ["res"], name="residual_add"))
+    g.tensor = "res"
+    g.relu()
+    g.dense(3)
+    return g.model()
+
+
+def _concat_model():
+    g = GraphBuilder((6,))
+    g.dense(6)
+    g.relu()
+    a = g.tensor
+    g.nodes.append(helper.make_node("Concat", [a, a], ["cat"], name="the_concat", axis=1))
+    g.tensor, g.shape = "cat", (12,)
+    g.dense(3)
+    return g.model()
+
+
+def _sigmoid_model():
+    g = GraphBuilder((6,))
+    g.dense(6)
+    g.node("Sigmoid", [], prefix="act")
+    g.dense(3)
+    return g.model()
+
+
+def _grouped_conv_model():
+    g = GraphBuilder((2, 6, 6))
+    w = g.const(np.ones((4, 1, 3, 3), np.float32))
+    g.node("Conv", [w], prefix="dw", kernel_shape=[3, 3], group=2)
+    g.shape = (4, 4, 4)
+    g.relu()
+    g.flatten()
+    g.dense(3)
+    return g.model()
+
+
+def _two_inputs_model():
+    model = mlp()
+    model.graph.input.append(helper.make_tensor_value_info("other", onnx.TensorProto.FLOAT, [1, 3]))
+    return model
+
+
+@pytest.mark.parametrize("build, pattern", [
+    (_residual_model, r"Add node 'residual_add'|feeds 2 nodes"),
+    (_concat_model, r"feeds 2 nodes|Concat"),
+    (_sigmoid_model, r"Sigmoid node 'act_\d+'.*only Relu"),
+    (_grouped_conv_model, r"Conv node 'dw_\d+'.*group=2"),
+    (_two_inputs_model, r"2 inputs"),
+    (lambda: mlp(relu=False), r"no Relu"),
+])
+def test_refusals_name_the_problem(build, pattern):
+    with pytest.raises(UnsupportedModelError, match=pattern) as info:
+        to_network(build())
+    assert "\n" not in str(info.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        load_network(tmp_path / "missing.onnx")
+    with pytest.raises(InputError, match="not a file"):
+        load_network(tmp_path)
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(InputError, match="empty file"):
+        load_network(tmp_path / "empty.onnx")
+    (tmp_path / "text.onnx").write_text("hello, this is not a model\n")
+    with pytest.raises(InputError, match="not"):
+        load_network(tmp_path / "text.onnx")
+    data = mlp().SerializeToString()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError):
+        load_network(tmp_path / "cut.onnx")
+
+
+# property test -----------------------------------------------------------------------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), hidden=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+       style=st.sampled_from(["gemm", "gemm_t0", "matmul", "matmul_rev"]))
+def test_random_mlps_match_onnxruntime(seed, hidden, style):
+    assert_matches_ort(mlp(widths=(7, *hidden, 4), style=style, seed=seed))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), channels=st.lists(st.integers(1, 5), min_size=1, max_size=2),
+       pool=st.sampled_from(["max", "avg", "global", None]), bn=st.booleans(),
+       kernel=st.sampled_from([1, 2, 3]), pad=st.integers(0, 1))
+def test_random_cnns_match_onnxruntime(seed, channels, pool, bn, kernel, pad):
+    assert_matches_ort(cnn(channels=tuple(channels), pool=pool, bn=bn, seed=seed, kernel=kernel, pad=pad))
