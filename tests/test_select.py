@@ -1,0 +1,80 @@
+"""Selection rules: exact parameter counting, thresholds, budgets."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxcrit import select
+from onnxcrit.frontend import load_network, to_network
+
+from .onnx_builders import cnn, mlp
+
+
+def _random_scores(net, seed=0):
+    rng = np.random.default_rng(seed)
+    return {i: rng.uniform(0, 1, net.layers[i].units) for i in net.scored_indices()}
+
+
+@pytest.mark.parametrize("model", [mlp(), cnn(pool="max"), cnn(pool="global")])
+def test_params_after_counts_the_smaller_network(model):
+    """params_after equals the parameter count of the network with those units really deleted."""
+    net = to_network(model)
+    scores = _random_scores(net)
+    keep = select.keep_by_threshold(net, scores, 0.5)
+    assert select.params_after(net, {i: np.ones_like(k) for i, k in keep.items()}) == net.params
+    # delete the units by hand in the IR and count what is left
+    total, prev = 0, None
+    for i in net.linear_indices():
+        w = net.layers[i].weight
+        if prev is not None:
+            cols = select.input_mask(net, i, keep)
+            w = w[:, cols]
+        if i in keep:
+            w = w[keep[i]]
+        total += w.size + w.shape[0]
+        prev = i
+    assert select.params_after(net, keep) == total
+
+
+def test_threshold_keeps_at_least_one_unit_and_says_so():
+    net = to_network(mlp())
+    scores = {i: np.zeros(net.layers[i].units) for i in net.scored_indices()}
+    scores[net.scored_indices()[0]][3] = 0.05
+    notes = []
+    keep = select.keep_by_threshold(net, scores, 0.1, notes=notes)
+    assert all(k.sum() == 1 for k in keep.values())
+    assert keep[net.scored_indices()[0]][3]
+    assert len(notes) == len(keep) and "kept the best one" in notes[0]
+
+
+def test_mean_rule():
+    net = to_network(mlp())
+    scores = _random_scores(net, 3)
+    keep = select.keep_by_threshold(net, scores, None, mean_rule=True)
+    for i, s in scores.items():
+        assert np.array_equal(keep[i], s >= s.mean())
+
+
+def test_accuracy_budget_is_met_on_the_bundled_mlp():
+    net, _ = load_network("models/digits_mlp.onnx")
+    data = np.load("models/digits_mlp_eval.npz")
+    x, y = data["x"], data["y"]
+    scores = _random_scores(net, 1)
+    base = select.accuracy(net, x, y)
+    best, closest = select.by_accuracy(net, scores, x, y, max_drop=2.0, rescale=False)
+    assert best is not None
+    acc = select.accuracy(net, x, y, best.scales)
+    assert base - acc <= 2.0
+    kept = {i: s > 0 for i, s in best.scales.items()}
+    assert select.params_after(net, kept) == min(r["params_after"] for r in best.tried if r["drop"] <= 2.0)
+
+
+def test_params_budget():
+    net = to_network(cnn(pool="max"))
+    scores = _random_scores(net, 2)
+    best, _ = select.by_params(net, scores, 0.5)
+    kept = {i: s > 0 for i, s in best.scales.items()}
+    assert select.params_after(net, kept) <= 0.5 * net.params
+    impossible, closest = select.by_params(net, scores, 0.0001)
+    assert impossible is None and all(s.astype(bool).sum() == 1 for s in closest.scales.values())
