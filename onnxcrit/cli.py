@@ -1,6 +1,7 @@
 """The `onnxcrit` command: parsing and printing only; the work happens in `onnxcrit.api`."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -45,20 +46,178 @@ def inspect(model: Path) -> None:
     inspect_table(proto, net, str(model), console())
 
 
-def _positive(name):
-    def check(ctx, param, value):
-        if value is not None and not value > 0:
-            raise click.BadParameter(f"must be > 0, got {value}", param_hint=f"--{name}")
-        return value
-    return check
+class _RichProgress:
+    """Shows each pipeline stage on stderr with its elapsed time (and the solve's deadline)."""
+
+    def __init__(self, console, verbose: bool):
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console, self.verbose = console, verbose
+        self.bar = Progress(SpinnerColumn(finished_text="[green]ok[/green]"), TextColumn("{task.description}"),
+                            TimeElapsedColumn(), console=console, transient=False)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def start(self, stage: str, deadline: float | None = None) -> None:
+        label = f"{stage:<9}" + (f" (deadline {deadline:g} s)" if deadline else "")
+        self.tasks[stage] = self.bar.add_task(label, total=1)
+
+    def done(self, stage: str, detail: str = "") -> None:
+        task = self.tasks.get(stage)
+        if task is None:
+            return
+        from rich.markup import escape
+
+        old = self.bar.tasks[task].description
+        self.bar.update(task, completed=1, description=f"{old}  [dim]{escape(detail)}[/dim]" if detail else old)
+
+    def note(self, message: str) -> None:
+        self.bar.console.print(f"note: {message}", markup=False, highlight=False)
 
 
-def _nonnegative(name):
-    def check(ctx, param, value):
-        if value is not None and not value >= 0:
-            raise click.BadParameter(f"must be >= 0, got {value}", param_hint=f"--{name}")
-        return value
-    return check
+def _output_path(model: Path, output: Path | None) -> Path:
+    out = output if output is not None else model.with_name(model.stem + ".pruned.onnx")
+    if out.exists() and model.exists() and out.resolve() == model.resolve():
+        raise InputError(f"{out}: refusing to write over the input model; choose another -o")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{out}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{out}: output folder {folder} is not writable")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; give a file name")
+    return out
+
+
+def _writable_file(path: Path | None, what: str) -> None:
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{what} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{what} {path}: folder {folder} is not writable")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+              help="Calibration data: .npz with arrays x and y.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: MODEL.pruned.onnx].")
+@click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out .npz (x, y) for accuracy and budgets.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG of scores and kept units.")
+@click.option("--time-limit", type=float, default=300.0, show_default=True, help="Solver deadline in seconds.")
+@click.option("--threshold", type=float, help="Remove units scoring below this (paper: 0.1).")
+@click.option("--mean-threshold", is_flag=True, help="Use each layer's mean score as its threshold.")
+@click.option("--lam", type=float, default=5.0, show_default=True, help="Weight of the loss term (larger prunes less).")
+@click.option("--eps", type=float, default=1e-5, show_default=True, help="Radius of the input box around each image.")
+@click.option("--num-samples", type=int, default=10, show_default=True, help="Calibration images (balanced by class).")
+@click.option("--relax", is_flag=True, help="Relax the binaries: solve an LP instead of a MIP.")
+@click.option("--solver", type=click.Choice(["auto", "cbc", "highs"]), default="auto", show_default=True)
+@click.option("--max-accuracy-drop", type=float, help="Accuracy budget in points on --eval-data [default with "
+              "--eval-data: 1.0].")
+@click.option("--target-params", type=float, help="Keep at most this fraction of the parameters (0-1].")
+@click.option("--compensate-bias", is_flag=True, help="Fold removed units' mean activation into the next bias.")
+@click.option("--rescale/--no-rescale", default=None, help="Deploy kept units at their score (as the MIP modelled) or "
+              "at full strength [default: the more accurate on --eval-data under an accuracy budget, else rescale].")
+@click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print calibration, selection and solver details.")
+def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,
+             eps, num_samples, relax, solver, max_accuracy_drop, target_params, compensate_bias, rescale,
+             no_latency, seed, quiet, verbose):
+    """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
+    from . import api
+    from .output import has_external_data, write_model
+    from .report import console, dumps, optimize_table, plot
+
+    if quiet and verbose:
+        raise InputError("--quiet and --verbose exclude each other")
+    if threshold is not None and mean_threshold:
+        raise InputError("--threshold and --mean-threshold exclude each other")
+    out = _output_path(model, output)
+    _writable_file(report_path, "report")
+    _writable_file(plot_path, "plot")
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib: pip install 'onnxcrit[plot]'") from None
+    err = console(stderr=True, quiet=quiet)
+    with _RichProgress(err, verbose) as progress:
+        result = api.optimize(model, data, eval_data=eval_data, eps=eps, lam=lam,
+                              threshold=threshold, mean_threshold=mean_threshold, num_samples=num_samples,
+                              relax=relax, solver=solver, time_limit=time_limit,
+                              max_accuracy_drop=max_accuracy_drop, target_params=target_params, seed=seed,
+                              rescale=rescale, compensation=compensate_bias, measure_latency=not no_latency,
+                              progress=progress)
+        progress.start("write")
+        written = write_model(result.model, out, external_data=True if has_external_data(model) else None,
+                              input_path=model)
+        result.report["output"] = str(written)
+        result.report["file_size_after"] = _disk_size(written)
+        if report_path is not None:
+            _write_text(report_path, dumps(result.report))
+        if plot_path is not None:
+            _plot(plot, result, plot_path)
+        progress.done("write", str(written))
+    if not quiet:
+        optimize_table(result.report, console(), verbose=verbose)
+
+
+def _disk_size(path: Path) -> int:
+    from .measure import file_size
+
+    return file_size(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _plot(plot, result, path: Path) -> None:
+    layers = [layer for layer in result.report["layers"] if layer["scored"]]
+    scores = [result.scores[k] for k in sorted(result.scores)]
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    try:
+        plot(str(tmp), [l["name"] for l in layers], scores, [l["units_after"] for l in layers],
+             [l["units_before"] for l in layers])
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path), help=".npz with x (and y).")
+@click.option("--compare", type=click.Path(path_type=Path), help="Another model to compare with (e.g. the original).")
+@click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def evaluate(model, data, compare, no_latency, as_json):
+    """Accuracy, agreement with another model, and latency (onnxruntime, one thread)."""
+    from . import api
+    from .report import console, dumps, evaluate_table
+
+    result = api.evaluate(model, data, compare=compare, latency=not no_latency)
+    if as_json:
+        click.echo(dumps(result), nl=False)
+    else:
+        evaluate_table(result, str(model), str(compare) if compare else None, console())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,41 +82,99 @@ def accuracy(net: Network, x: np.ndarray, y: np.ndarray, scales: dict[int, np.nd
     return float(np.mean(net.forward(x, scales=scales).argmax(axis=1) == y) * 100.0)
 
 
-def candidate_thresholds(scores: dict[int, np.ndarray], most: int = 48) -> list[float]:
-    """Cut points between distinct score values, from pruning nothing to pruning all but the best."""
-    values = np.unique(np.concatenate([s.ravel() for s in scores.values()]))
-    cuts = np.concatenate([[values[0]], (values[1:] + values[:-1]) / 2.0]) if len(values) > 1 else values
-    if len(cuts) > most:
-        cuts = np.unique(np.quantile(cuts, np.linspace(0.0, 1.0, most), method="nearest"))
-    return [float(c) for c in cuts]
+def magnitude(net: Network) -> dict[int, np.ndarray]:
+    """Per scored layer: L1 norm of each unit's incoming weights times the L1 norm of its outgoing weights."""
+    out = {}
+    linear = net.linear_indices()
+    for pos, k in enumerate(linear[:-1]):
+        layer, nxt = net.layers[k], net.layers[linear[pos + 1]]
+        incoming = np.abs(layer.weight).reshape(layer.units, -1).sum(axis=1)
+        w = np.abs(nxt.weight)
+        if nxt.kind == "conv":
+            outgoing = w.sum(axis=(0, 2, 3))
+        else:
+            outgoing = w.sum(axis=0).reshape(layer.units, -1).sum(axis=1)  # a channel owns a block of columns
+        out[k] = incoming * outgoing
+    return out
+
+
+def removal_order(net: Network, scores: dict[int, np.ndarray]) -> list[tuple[int, int]]:
+    """(layer, unit) pairs from least to most important: by score, ties (e.g. many zeros) by magnitude."""
+    mags = magnitude(net)
+    layer_ids = np.concatenate([np.full(len(s), i) for i, s in sorted(scores.items())])
+    units = np.concatenate([np.arange(len(s)) for _, s in sorted(scores.items())])
+    values = np.concatenate([np.round(s, 6) for _, s in sorted(scores.items())])
+    ties = np.concatenate([mags[i] / max(float(mags[i].max()), 1e-300) for i, _ in sorted(scores.items())])
+    order = np.lexsort((units, layer_ids, ties, values))
+    return [(int(layer_ids[j]), int(units[j])) for j in order]
+
+
+def keep_first_removed(scores: dict[int, np.ndarray], order: list[tuple[int, int]], count: int) -> dict[int, np.ndarray]:
+    """Remove the first `count` units of `order`, skipping any that would empty its layer."""
+    keep = {i: np.ones(len(s), dtype=bool) for i, s in scores.items()}
+    removed = 0
+    for layer, unit in order:
+        if removed >= count:
+            break
+        if keep[layer].sum() > 1:
+            keep[layer][unit] = False
+            removed += 1
+    return keep
 
 
 def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: np.ndarray, max_drop: float,
-                rescale: bool = True, baseline: float | None = None) -> tuple[Selection | None, Selection]:
-    """The threshold that removes the most parameters while accuracy on (x, y) drops by at most max_drop points.
+                rescale: bool | None = None, baseline: float | None = None) -> tuple[Selection | None, Selection]:
+    """Remove as many units (lowest score first) as possible while accuracy on (x, y) drops <= max_drop points.
 
-    Returns (the best selection meeting the budget or None, the closest selection overall).
+    A coarse grid over the number of removed units, then bisection between the last count that met the budget
+    and the next that did not. rescale None tries kept units both at their score and at full strength and keeps
+    the more accurate. Returns (the selection meeting the budget with the fewest parameters, or None when no
+    removal at all meets it; the closest selection).
     """
     base = accuracy(net, x, y) if baseline is None else baseline
-    tried, best, closest = [], None, None
-    for t in candidate_thresholds(scores):
-        notes: list[str] = []
-        keep = keep_by_threshold(net, scores, t, notes=notes)
-        scales = to_scales(scores, keep, rescale)
-        acc = accuracy(net, x, y, scales)
-        params = params_after(net, keep)
-        row = {"threshold": t, "params_after": params, "accuracy": acc, "drop": base - acc}
-        tried.append(row)
-        sel = Selection(scales=scales, rule="accuracy budget", threshold=t, notes=notes)
-        if base - acc <= max_drop + 1e-9:
-            if best is None or params < best[0]:
-                best = (params, sel)
-        if closest is None or base - acc < closest[0]:
-            closest = (base - acc, sel)
-    for chosen in (best, closest):
-        if chosen is not None:
-            chosen[1].tried = tried
-    return (best[1] if best else None), closest[1]
+    order = removal_order(net, scores)
+    modes = (True, False) if rescale is None else (bool(rescale),)
+    tried: dict[int, dict] = {}
+
+    def attempt(count: int) -> dict:
+        if count not in tried:
+            keep = keep_first_removed(scores, order, count)
+            best = None
+            for mode in modes:
+                scales = to_scales(scores, keep, mode)
+                acc = accuracy(net, x, y, scales)
+                if best is None or acc > best[0]:
+                    best = (acc, mode, scales)
+            acc, mode, scales = best
+            last = order[min(count, len(order)) - 1] if count else None
+            tried[count] = {"removed_units": count, "params_after": params_after(net, keep), "accuracy": acc,
+                            "drop": base - acc, "rescaled": mode,
+                            "threshold": float(scores[last[0]][last[1]]) if last else None, "_scales": scales}
+        return tried[count]
+
+    total = len(order)
+    grid = sorted(set(int(round(v)) for v in np.linspace(1, total, min(16, total))))
+    ok = [c for c in grid if attempt(c)["drop"] <= max_drop + 1e-9]
+    if ok:
+        good = max(ok)
+        above = [c for c in grid if c > good]
+        bad = above[0] if above else None
+        while bad is not None and bad - good > 1:  # bisection: accuracy is nearly monotone in the count
+            mid = (good + bad) // 2
+            if attempt(mid)["drop"] <= max_drop + 1e-9:
+                good = mid
+            else:
+                bad = mid
+    rows = [{k: v for k, v in tried[c].items() if k != "_scales"} for c in sorted(tried)]
+    meeting = [c for c in tried if tried[c]["drop"] <= max_drop + 1e-9]
+    best = min(meeting, key=lambda c: (tried[c]["params_after"], c)) if meeting else None
+    closest = best if best is not None else min(tried, key=lambda c: (tried[c]["drop"], c))
+
+    def as_selection(count: int) -> Selection:
+        row = tried[count]
+        return Selection(scales=row["_scales"], rule="accuracy budget", threshold=row["threshold"], tried=rows)
+
+    return (as_selection(best) if best is not None else None), as_selection(closest)
 
 
 def by_params(net: Network, scores: dict[int, np.ndarray], fraction: float,
@@ -126,16 +184,13 @@ def by_params(net: Network, scores: dict[int, np.ndarray], fraction: float,
     Returns (the selection meeting the budget or None, the smallest selection reached).
     """
     limit = fraction * net.params
-    order = sorted(((float(s[u]), i, u) for i, s in scores.items() for u in range(len(s))))
     keep = {i: np.ones(len(s), dtype=bool) for i, s in scores.items()}
-    tried = []
-    for score, i, u in order:
+    for layer, unit in removal_order(net, scores):
         if params_after(net, keep) <= limit:
             break
-        if keep[i].sum() <= 1:
-            continue  # never remove the last unit of a layer
-        keep[i][u] = False
+        if keep[layer].sum() > 1:  # never remove the last unit of a layer
+            keep[layer][unit] = False
     params = params_after(net, keep)
-    tried.append({"fraction": fraction, "params_after": params, "params_before": net.params})
+    tried = [{"fraction": fraction, "params_after": params, "params_before": net.params}]
     sel = Selection(scales=to_scales(scores, keep, rescale), rule="parameter budget", tried=tried)
     return (sel if params <= limit else None), sel

@@ -1,0 +1,300 @@
+"""The Python API: `optimize()` runs the pipeline stages in order; `evaluate()` measures a model.
+
+The CLI is a thin shell over these two functions.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from . import measure, select
+from .bounds import interval_bounds
+from .data import Dataset, load_data
+from .errors import BudgetError, InputError
+from .frontend import load_network
+from .ir import Network
+from .rewrite import bias_compensation, dead_units, remove_units
+from .validate import check_rewrite, run_tensors
+
+# A run with evaluation data and no budget never silently costs more than this many accuracy points.
+DEFAULT_ACCURACY_BUDGET = 1.0
+KEPT_UNITS_KEY = "onnxcrit.kept_units"
+
+
+class Progress:
+    """Stage notifications; the CLI shows them with rich, the API default ignores them."""
+
+    def start(self, stage: str, deadline: float | None = None) -> None:
+        """A stage begins; `deadline` (seconds) when the stage has one (the solve)."""
+
+    def done(self, stage: str, detail: str = "") -> None:
+        """The stage ended; `detail` is a short summary."""
+
+    def note(self, message: str) -> None:
+        """Something the user should know (e.g. a layer kept one unit only)."""
+
+
+@dataclass
+class Result:
+    """What `optimize` returns: the pruned model, its IR, the report (see README for the schema)."""
+
+    model: onnx.ModelProto
+    network: Network
+    report: dict[str, Any]
+    scores: dict[int, np.ndarray] = field(default_factory=dict)
+    scales: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def _check_options(eps, lam, threshold, num_samples, time_limit, max_accuracy_drop, target_params):
+    """One-line refusals for nonsense option values (exit code 2)."""
+    checks = [
+        (eps is not None and not (math.isfinite(eps) and eps >= 0), f"eps must be >= 0, got {eps}"),
+        (not (math.isfinite(lam) and lam > 0), f"lambda must be > 0, got {lam}"),
+        (threshold is not None and not (0 <= threshold <= 1), f"threshold must be in [0, 1], got {threshold}"),
+        (num_samples < 1, f"num_samples must be >= 1, got {num_samples}"),
+        (not (math.isfinite(time_limit) and time_limit > 0), f"time limit must be > 0 seconds, got {time_limit}"),
+        (max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 100),
+         f"max accuracy drop must be in [0, 100] points, got {max_accuracy_drop}"),
+        (target_params is not None and not (0 < target_params <= 1),
+         f"target params must be a fraction in (0, 1], got {target_params}"),
+        (max_accuracy_drop is not None and target_params is not None,
+         "give either an accuracy budget or a parameter budget, not both"),
+    ]
+    for bad, message in checks:
+        if bad:
+            raise InputError(message)
+
+
+def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None, eps: float = 1e-5,
+             lam: float = 5.0, threshold: float | None = None, mean_threshold: bool = False,
+             num_samples: int = 10, relax: bool = False, solver: str = "auto", time_limit: float = 300.0,
+             max_accuracy_drop: float | None = None, target_params: float | None = None, seed: int = 0,
+             loss: str = "auto", sparsity: str = "mean", rescale: bool | None = None, compensation: bool = False,
+             measure_latency: bool = True, progress: Progress | None = None) -> Result:
+    """Score every prunable unit with the OAMIP MIP, remove the unimportant ones, validate, and report.
+
+    model: an ONNX path or ModelProto. data: calibration data (.npz path with x and y, an (x, y) pair or a
+    dict). eval_data: held-out data for accuracy and budgets. Selection: `target_params` (keep at most that
+    fraction of the parameters), else `max_accuracy_drop` (points on eval_data), else an explicit `threshold` /
+    `mean_threshold`, else with eval_data a 1.0-point accuracy budget, else the paper's threshold 0.1.
+    rescale: deploy kept units at their score (True, METHOD.md section 6), at full strength (False), or (None)
+    whichever is more accurate on eval_data under an accuracy budget, else at their score.
+    Raises InputError (bad input), SolveError (no solution), BudgetError (budget unreachable),
+    ValidationError (the rewritten model failed a check).
+    """
+    from .scoring import compute_scores  # the MIP stack loads only when needed
+
+    progress = progress or Progress()
+    _check_options(eps, lam, threshold, num_samples, time_limit, max_accuracy_drop, target_params)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    progress.start("load")
+    net, proto = load_network(model)
+    calib = load_data(data, net, what="calibration data")
+    evald = load_data(eval_data, net, what="evaluation data") if eval_data is not None else None
+    timings["load"] = time.perf_counter() - clock
+    progress.done("load", f"{len(net.scored_indices())} prunable layers, {net.params:,} parameters")
+
+    if target_params is not None:
+        rule = "parameter budget"
+    elif max_accuracy_drop is not None:
+        rule = "accuracy budget"
+    elif threshold is not None or mean_threshold:
+        rule = "mean score" if mean_threshold else "threshold"
+    elif evald is not None:
+        rule, max_accuracy_drop = "accuracy budget", DEFAULT_ACCURACY_BUDGET
+    else:
+        rule, threshold = "threshold", 0.1
+    if rule == "accuracy budget" and evald is None:
+        raise InputError("an accuracy budget needs evaluation data (--eval-data)")
+
+    attempts, lam_now = [], lam
+    while True:
+        progress.start("score", deadline=time_limit)
+        scored = compute_scores(net, calib.x, calib.y, eps=eps, lam=lam_now, sparsity=sparsity, relax=relax,
+                                num_samples=num_samples, seed=seed, solver=solver, time_limit=time_limit,
+                                **({} if loss == "auto" else {"loss": loss}))
+        timings["build"] = timings.get("build", 0.0) + scored.build_seconds
+        timings["solve"] = timings.get("solve", 0.0) + scored.solve_seconds
+        progress.done("score", f"{scored.status}, {scored.variables:,} variables, {scored.binaries:,} binaries, "
+                               f"solved in {scored.solve_seconds:.1f} s")
+        progress.start("select")
+        chosen, closest = _select(rule, net, scored.scores, evald, threshold, mean_threshold, max_accuracy_drop,
+                                  target_params, rescale)
+        attempts.append({"lambda": lam_now, "tried": closest.tried})
+        progress.done("select", chosen.rule if chosen else "budget not met")
+        if chosen is not None or rule != "accuracy budget" or len(attempts) >= 3:
+            break
+        lam_now *= 4.0  # a larger lambda weighs the loss more and prunes less
+        progress.note(f"accuracy budget not met; solving again with lambda {lam_now:g}")
+    if chosen is None:
+        raise BudgetError(_closest_message(rule, net, closest, evald, max_accuracy_drop, target_params))
+    for note in chosen.notes:
+        progress.note(note)
+
+    scales = chosen.scales
+    used = np.asarray(scored.calibration_indices, dtype=np.int64)
+    dead = dead_units(net, interval_bounds(net, calib.x[used], eps))
+    removed_dead = int(sum(int(np.sum(dead[k] & (scales[k] == 0))) for k in scales))
+    shifts = bias_compensation(net, calib.x[used], scales) if compensation else None
+
+    progress.start("rewrite")
+    clock = time.perf_counter()
+    new_model, new_net = remove_units(proto, net, scales, compensation=shifts)
+    kept = {net.layers[k].name: np.flatnonzero(scales[k]).tolist() for k in sorted(scales)}
+    _set_metadata(new_model, KEPT_UNITS_KEY, json.dumps(kept, sort_keys=True, separators=(",", ":")))
+    timings["rewrite"] = time.perf_counter() - clock
+    progress.done("rewrite", f"{new_net.params:,} parameters left")
+
+    progress.start("validate")
+    clock = time.perf_counter()
+    xs = [calib.x] + ([evald.x] if evald is not None else [])
+    ys = [None, evald.y] if evald is not None else [calib.y]  # accuracy on held-out data when there is some
+    check = check_rewrite(proto, new_model, net, scales, xs, y=ys, compensation=shifts)
+    check.raise_if_failed()
+    timings["validate"] = time.perf_counter() - clock
+    progress.done("validate", f"agreement {check.agreement * 100:.2f}%")
+
+    progress.start("measure")
+    clock = time.perf_counter()
+    report = _report(net, proto, new_net, new_model, scored, chosen, check, evald, removed_dead, attempts,
+                     measure_latency, dict(eps=eps, lam=lam_now, threshold=threshold,
+                                           mean_threshold=mean_threshold, num_samples=num_samples, relax=relax,
+                                           solver=solver, time_limit=time_limit, loss=loss, sparsity=sparsity,
+                                           max_accuracy_drop=max_accuracy_drop, target_params=target_params,
+                                           seed=seed, rescale=rescale, compensation=compensation))
+    timings["measure"] = time.perf_counter() - clock
+    report["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    progress.done("measure")
+    return Result(model=new_model, network=new_net, report=report, scores=scored.scores, scales=scales)
+
+
+def _select(rule, net, scores, evald, threshold, mean_threshold, max_drop, target_params, rescale):
+    if rule == "parameter budget":
+        return select.by_params(net, scores, target_params, True if rescale is None else rescale)
+    if rule == "accuracy budget":
+        return select.by_accuracy(net, scores, evald.x, evald.y, max_drop, rescale)
+    notes: list[str] = []
+    keep = select.keep_by_threshold(net, scores, threshold, mean_rule=mean_threshold, notes=notes)
+    sel = select.Selection(scales=select.to_scales(scores, keep, True if rescale is None else rescale), rule=rule, threshold=threshold,
+                           notes=notes)
+    return sel, sel
+
+
+def _closest_message(rule, net, closest, evald, max_drop, target_params) -> str:
+    kept = {i: s > 0 for i, s in closest.scales.items()}
+    params = select.params_after(net, kept)
+    if rule == "parameter budget":
+        return (f"cannot keep only {target_params:.0%} of the parameters: keeping one unit per layer still leaves "
+                f"{params:,} of {net.params:,} ({params / net.params:.1%})")
+    base = select.accuracy(net, evald.x, evald.y)
+    acc = select.accuracy(net, evald.x, evald.y, closest.scales)
+    return (f"no selection keeps the accuracy drop within {max_drop:g} points; the closest lost "
+            f"{base - acc:.2f} points ({base:.2f}% -> {acc:.2f}%) with {params:,} of {net.params:,} parameters")
+
+
+def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for entry in model.metadata_props:
+        if entry.key == key:
+            entry.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
+
+
+def _rounded(value, digits: int = 9):
+    return None if value is None else float(f"{value:.{digits}g}")
+
+
+def _accuracy_pct(value):
+    return None if value is None else round(100.0 * value, 4)
+
+
+def _report(net, proto, new_net, new_model, scored, chosen, check, evald, removed_dead, attempts,
+            measure_latency, options) -> dict[str, Any]:
+    before_rows = measure.layer_table(net, proto)
+    after_rows = measure.layer_table(new_net, new_model)
+    before, after = measure.totals(before_rows), measure.totals(after_rows)
+    scored_set = set(net.scored_indices())
+    layers = []
+    for j, i in enumerate(net.linear_indices()):
+        layers.append({"name": net.layers[i].name, "kind": net.layers[i].kind,
+                       "units_before": before_rows[j]["units"], "units_after": after_rows[j]["units"],
+                       "params_before": before_rows[j]["params"], "params_after": after_rows[j]["params"],
+                       "macs_before": before_rows[j]["macs"], "macs_after": after_rows[j]["macs"],
+                       "scored": i in scored_set})
+    solver = {"name": scored.solver, "status": scored.status, "seconds": round(scored.solve_seconds, 3),
+              "build_seconds": round(scored.build_seconds, 3), "objective": _rounded(scored.objective),
+              "bound": _rounded(scored.bound), "gap": _rounded(scored.gap), "variables": scored.variables,
+              "binaries": scored.binaries, "constraints": scored.constraints, "nonzeros": scored.nonzeros,
+              "relaxed": scored.relaxed, "message": scored.message}
+    report: dict[str, Any] = {
+        "params_before": before["params"], "params_after": after["params"],
+        "macs_before": before["macs"], "macs_after": after["macs"],
+        "file_size_before": measure.file_size(proto), "file_size_after": measure.file_size(new_model),
+        "layers": layers,
+        "accuracy_before": _accuracy_pct(check.accuracy_before),
+        "accuracy_after": _accuracy_pct(check.accuracy_after),
+        "accuracy_data": "evaluation" if evald is not None else "calibration",
+        "agreement": round(check.agreement * 100.0, 4),
+        "max_abs_logit_diff": float(f"{check.max_abs_logit_diff:.6g}"),
+        "mean_abs_logit_diff": float(f"{check.mean_abs_logit_diff:.6g}"),
+        "max_abs_vs_masked_ir": float(f"{check.max_abs_vs_masked_ir:.3g}"),
+        "solver": solver,
+        "selection": {"rule": chosen.rule, "threshold": chosen.threshold, "notes": chosen.notes,
+                      "attempts": attempts},
+        "calibration": {"indices": [int(i) for i in scored.calibration_indices], "skipped": scored.skipped},
+        "dead_units_removed": removed_dead,
+        "options": options,
+        "output": None,
+    }
+    if measure_latency:
+        report["latency"] = {
+            f"batch_{b}": {"before_ms": round(1e3 * measure.latency(proto, net.input_name, net.input_shape, b), 4),
+                           "after_ms": round(1e3 * measure.latency(new_model, net.input_name, net.input_shape, b),
+                                             4)}
+            for b in (1, 64)}
+    return report
+
+
+def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *, compare=None, latency: bool = True) -> dict:
+    """Accuracy of a model on labelled data (via onnxruntime), agreement with another model, latency."""
+    net, proto = load_network(model)
+    ds = load_data(data, net, what="evaluation data", need_labels=False)
+    logits = _ort_logits(proto, net, ds)
+    out: dict[str, Any] = {"samples": int(len(ds.x)), "params": measure.totals(measure.layer_table(net, proto))["params"],
+                           "macs": net.macs}
+    if ds.y is not None:
+        out["accuracy"] = round(float(np.mean(logits.argmax(axis=1) == ds.y)) * 100.0, 4)
+    if compare is not None:
+        other_net, other = load_network(compare)
+        if tuple(other_net.input_shape) != tuple(net.input_shape) or other_net.num_classes != net.num_classes:
+            raise InputError(f"{compare}: input {list(other_net.input_shape)} / {other_net.num_classes} classes do "
+                             f"not match the model's {list(net.input_shape)} / {net.num_classes}")
+        other_logits = _ort_logits(other, other_net, ds)
+        out["compare"] = {"agreement": round(float(np.mean(logits.argmax(1) == other_logits.argmax(1))) * 100, 4),
+                          "max_abs_logit_diff": float(np.abs(logits - other_logits).max()),
+                          "params": measure.totals(measure.layer_table(other_net, other))["params"],
+                          "macs": other_net.macs}
+        if ds.y is not None:
+            out["compare"]["accuracy"] = round(float(np.mean(other_logits.argmax(1) == ds.y)) * 100.0, 4)
+        if latency:
+            out["compare"]["latency_ms"] = _latencies(other, other_net)
+    if latency:
+        out["latency_ms"] = _latencies(proto, net)
+    return out
+
+
+def _ort_logits(proto, net, ds: Dataset) -> np.ndarray:
+    return run_tensors(proto, net.input_name, ds.x, [net.logits_name], dtype=net.input_dtype)[0].astype(np.float64)
+
+
+def _latencies(proto, net) -> dict[str, float]:
+    return {f"batch_{b}": round(1e3 * measure.latency(proto, net.input_name, net.input_shape, b), 4) for b in (1, 64)}
