@@ -62,6 +62,8 @@ class _RichProgress:
         return self
 
     def __exit__(self, *exc):
+        if exc[0] is not None:
+            self.bar.live.transient = True  # on failure the error line alone is the output
         return self.bar.__exit__(*exc)
 
     def start(self, stage: str, deadline: float | None = None) -> None:

@@ -1,0 +1,175 @@
+"""The command line: click's runner for every option and exit code, plus the installed console script."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxcrit.cli import main
+from onnxcrit.frontend import load_network
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+CNN, CNN_CAL, CNN_EVAL = (MODELS / f for f in ("digits_cnn.onnx", "digits_cnn_calib.npz", "digits_cnn_eval.npz"))
+MLP, MLP_CAL, MLP_EVAL = (MODELS / f for f in ("digits_mlp.onnx", "digits_mlp_calib.npz", "digits_mlp_eval.npz"))
+
+REPORT_KEYS = {"params_before", "params_after", "macs_before", "macs_after", "layers", "accuracy_before",
+               "accuracy_after", "agreement", "solver", "timings", "output", "file_size_before",
+               "file_size_after", "selection", "calibration", "dead_units_removed", "options"}
+SOLVER_KEYS = {"status", "seconds", "objective", "gap", "variables", "binaries", "constraints"}
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    """One full optimize run on the bundled CNN, shared by the tests that read its outputs."""
+    folder = tmp_path_factory.mktemp("cnn")
+    model = folder / "cnn.onnx"
+    shutil.copy(CNN, model)
+    before = digest(model)
+    code, out = run("optimize", model, "--data", CNN_CAL, "--eval-data", CNN_EVAL, "--report",
+                    folder / "report.json", "--no-latency", "--time-limit", "60")
+    return dict(folder=folder, model=model, before=before, code=code, out=out,
+                report=json.loads((folder / "report.json").read_text()) if code == 0 else None)
+
+
+def test_optimize_writes_a_smaller_valid_model(cnn_run):
+    assert cnn_run["code"] == 0, cnn_run["out"]
+    pruned = cnn_run["folder"] / "cnn.pruned.onnx"
+    assert pruned.is_file()
+    assert digest(cnn_run["model"]) == cnn_run["before"]  # the input is never modified
+    onnx.checker.check_model(str(pruned), full_check=True)
+    net, proto = load_network(pruned)
+    report = cnn_run["report"]
+    assert report["output"] == str(pruned)
+    # reported parameter counts equal the initializers of the written file
+    assert report["params_after"] == sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+    assert report["params_before"] == sum(int(np.prod(t.dims)) for t in onnx.load(str(CNN)).graph.initializer)
+    assert report["params_after"] < report["params_before"]
+    assert [l["units_after"] for l in report["layers"]] == [net.layers[i].units for i in net.linear_indices()]
+    assert report["accuracy_before"] - report["accuracy_after"] <= 1.0 + 1e-9  # the default budget
+    assert "before -> after" in cnn_run["out"]
+
+
+def test_report_schema(cnn_run):
+    report = cnn_run["report"]
+    assert REPORT_KEYS <= set(report)
+    assert SOLVER_KEYS <= set(report["solver"])
+    for layer in report["layers"]:
+        assert {"name", "kind", "units_before", "units_after"} <= set(layer)
+    assert report["solver"]["status"] in ("optimal", "feasible_at_deadline")
+    assert report["selection"]["rule"] == "accuracy budget"
+
+
+def test_refuses_to_overwrite_the_input(tmp_path):
+    model = tmp_path / "m.onnx"
+    shutil.copy(MLP, model)
+    before = digest(model)
+    code, out = run("optimize", model, "--data", MLP_CAL, "-o", model)
+    assert code == 2 and "refusing to write over the input" in out
+    assert digest(model) == before and sorted(os.listdir(tmp_path)) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--lam", "-1"], "lambda must be > 0"),
+    (["--eps", "-0.1"], "eps must be >= 0"),
+    (["--threshold", "2"], "threshold must be in"),
+    (["--time-limit", "0"], "time limit must be > 0"),
+    (["--num-samples", "0"], "num_samples must be >= 1"),
+    (["--target-params", "1.5"], "target params must be"),
+    (["--max-accuracy-drop", "-1"], "max accuracy drop"),
+    (["--threshold", "0.1", "--mean-threshold"], "exclude each other"),
+    (["--quiet", "--verbose"], "exclude each other"),
+    (["--max-accuracy-drop", "1"], "needs evaluation data"),
+    (["-o", "/nonexistent-folder/x.onnx"], "does not exist"),
+    (["--solver", "gurobi"], "Invalid value"),
+])
+def test_bad_options_exit_2_and_write_nothing(tmp_path, args, pattern):
+    model = tmp_path / "m.onnx"
+    shutil.copy(MLP, model)
+    code, out = run("optimize", model, "--data", MLP_CAL, *args)
+    assert code == 2, out
+    assert pattern in out
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
+    assert "Traceback" not in out
+
+
+def test_parameter_budget_and_threshold_rules(tmp_path):
+    out_path = tmp_path / "p.onnx"
+    code, out = run("optimize", MLP, "--data", MLP_CAL, "--target-params", "0.5", "-o", out_path, "--report",
+                    tmp_path / "r.json", "--no-latency", "-q")
+    assert code == 0, out
+    assert out == ""  # --quiet
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["params_after"] <= 0.5 * report["params_before"] + 1e-9
+    assert report["selection"]["rule"] == "parameter budget"
+    code, out = run("optimize", MLP, "--data", MLP_CAL, "--threshold", "0.1", "-o", out_path, "--report",
+                    tmp_path / "r.json", "--no-latency")
+    assert code == 0, out
+    assert json.loads((tmp_path / "r.json").read_text())["selection"]["rule"] == "threshold"
+
+
+def test_unreachable_parameter_budget_exits_1(tmp_path):
+    code, out = run("optimize", MLP, "--data", MLP_CAL, "--target-params", "0.001", "-o", tmp_path / "p.onnx")
+    assert code == 1 and "closest" in out.splitlines()[-1] or "keeping one unit per layer" in out
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    code, out = run("optimize", CNN, "--data", CNN_CAL, "--threshold", "0.1", "-o", tmp_path / "p.onnx",
+                    "--plot", tmp_path / "p.png", "--no-latency", "-q")
+    assert code == 0, out
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inspect_and_evaluate(tmp_path):
+    code, out = run("inspect", CNN)
+    assert code == 0 and "conv" in out and "3,658" in out
+    code, out = run("evaluate", CNN, "--data", CNN_EVAL, "--compare", CNN, "--json", "--no-latency")
+    assert code == 0
+    result = json.loads(out)
+    assert result["compare"]["agreement"] == 100.0 and result["accuracy"] == result["compare"]["accuracy"]
+
+
+@pytest.mark.parametrize("content, pattern", [(b"", "empty file"), (b"junk", "not"), (None, "no such file")])
+def test_inspect_bad_files_exit_2(tmp_path, content, pattern):
+    path = tmp_path / "bad.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    code, out = run("inspect", path)
+    assert code == 2 and pattern in out and len(out.strip().splitlines()) == 1
+
+
+def test_console_script_in_a_subprocess(tmp_path):
+    """The installed `onnxcrit` entry point: exit codes and one-line errors, no traceback."""
+    exe = shutil.which("onnxcrit", path=str(Path(sys.executable).parent)) or shutil.which("onnxcrit")
+    assert exe, "the onnxcrit console script is not installed"
+    done = subprocess.run([exe, "inspect", str(MLP)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "dense" in done.stdout
+    done = subprocess.run([exe, "optimize", str(MLP), "--data", str(tmp_path / "none.npz")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no such file" in done.stderr and "Traceback" not in done.stderr
+    out = tmp_path / "m.pruned.onnx"
+    done = subprocess.run([exe, "optimize", str(MLP), "--data", str(MLP_CAL), "--threshold", "0.1", "-o", str(out),
+                           "--no-latency", "-q"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert out.is_file()
