@@ -77,7 +77,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
              num_samples: int = 10, relax: bool = False, solver: str = "auto", time_limit: float = 300.0,
              max_accuracy_drop: float | None = None, target_params: float | None = None, seed: int = 0,
              loss: str = "auto", sparsity: str = "mean", rescale: bool | None = None, compensation: bool = False,
-             measure_latency: bool = True, progress: Progress | None = None) -> Result:
+             measure_latency: bool = True, finetune_data=None, finetune_epochs: int = 3,
+             progress: Progress | None = None) -> Result:
     """Score every prunable unit with the OAMIP MIP, remove the unimportant ones, validate, and report.
 
     model: an ONNX path or ModelProto. data: calibration data (.npz path with x and y, an (x, y) pair or a
@@ -86,6 +87,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     `mean_threshold`, else with eval_data a 1.0-point accuracy budget, else the paper's threshold 0.1.
     rescale: deploy kept units at their score (True, METHOD.md section 6), at full strength (False), or (None)
     whichever is more accurate on eval_data under an accuracy budget, else at their score.
+    finetune_data: train the pruned model `finetune_epochs` epochs on it afterwards (needs the `finetune` extra).
     Raises InputError (bad input), SolveError (no solution), BudgetError (budget unreachable),
     ValidationError (the rewritten model failed a check).
     """
@@ -93,6 +95,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
 
     progress = progress or Progress()
     _check_options(eps, lam, threshold, num_samples, time_limit, max_accuracy_drop, target_params)
+    if finetune_epochs < 1:
+        raise InputError(f"finetune epochs must be >= 1, got {finetune_epochs}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -172,8 +176,24 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
                                            max_accuracy_drop=max_accuracy_drop, target_params=target_params,
                                            seed=seed, rescale=rescale, compensation=compensation))
     timings["measure"] = time.perf_counter() - clock
-    report["timings"] = {k: round(v, 3) for k, v in timings.items()}
     progress.done("measure")
+    if finetune_data is not None:
+        from .finetune import finetune
+
+        progress.start("finetune")
+        clock = time.perf_counter()
+        tuned = finetune(new_model, load_data(finetune_data, new_net, what="fine-tuning data"), eval_data=evald,
+                         epochs=finetune_epochs, seed=seed)
+        new_model = tuned.model
+        report["finetune"] = {"epochs": tuned.epochs, "losses": [round(v, 6) for v in tuned.losses],
+                              "train_accuracy_before": round(tuned.train_accuracy_before, 4),
+                              "train_accuracy_after": round(tuned.train_accuracy_after, 4)}
+        if tuned.eval_accuracy_after is not None:
+            report["finetune"]["accuracy_after"] = round(tuned.eval_accuracy_after, 4)
+            report["accuracy_after"] = round(tuned.eval_accuracy_after, 4)
+        timings["finetune"] = time.perf_counter() - clock
+        progress.done("finetune", f"{tuned.epochs} epochs")
+    report["timings"] = {k: round(v, 3) for k, v in timings.items()}
     return Result(model=new_model, network=new_net, report=report, scores=scored.scores, scales=scales)
 
 

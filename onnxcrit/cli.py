@@ -130,12 +130,15 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("--rescale/--no-rescale", default=None, help="Deploy kept units at their score (as the MIP modelled) or "
               "at full strength [default: the more accurate on --eval-data under an accuracy budget, else rescale].")
 @click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
+@click.option("--finetune-data", type=click.Path(path_type=Path), help="Fine-tune the pruned model on this .npz "
+              "(needs the finetune extra).")
+@click.option("--finetune-epochs", type=int, default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print calibration, selection and solver details.")
 def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,
              eps, num_samples, relax, solver, max_accuracy_drop, target_params, compensate_bias, rescale,
-             no_latency, seed, quiet, verbose):
+             no_latency, finetune_data, finetune_epochs, seed, quiet, verbose):
     """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
     from . import api
     from .output import has_external_data, write_model
@@ -160,7 +163,7 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
                               relax=relax, solver=solver, time_limit=time_limit,
                               max_accuracy_drop=max_accuracy_drop, target_params=target_params, seed=seed,
                               rescale=rescale, compensation=compensate_bias, measure_latency=not no_latency,
-                              progress=progress)
+                              finetune_data=finetune_data, finetune_epochs=finetune_epochs, progress=progress)
         progress.start("write")
         written = write_model(result.model, out, external_data=True if has_external_data(model) else None,
                               input_path=model)
@@ -220,6 +223,72 @@ def evaluate(model, data, compare, no_latency, as_json):
         click.echo(dumps(result), nl=False)
     else:
         evaluate_table(result, str(model), str(compare) if compare else None, console())
+
+
+def _train_options(fn):
+    for decorator in reversed([
+        click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Training .npz (x, y)."),
+        click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out .npz (x, y)."),
+        click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model."),
+        click.option("--epochs", type=int, default=None, help="Training epochs."),
+        click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
+        click.option("--batch-size", type=int, default=64, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def _train(kind, model, data, eval_data, output, epochs, lr, batch_size, seed, quiet, **extra):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import finetune as ft
+    from .output import has_external_data, write_model
+    from .report import console
+
+    suffix = ".finetuned.onnx" if kind == "finetune" else ".retrained.onnx"
+    out = _output_path(model, output if output is not None else model.with_name(model.stem + suffix))
+    err = console(stderr=True, quiet=quiet)
+    with Progress(TextColumn(kind), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                  TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task(kind, total=None, loss=float("nan"))
+
+        def progress(step, steps, loss):
+            bar.update(task, completed=step, total=steps, loss=loss)
+
+        fn = ft.finetune if kind == "finetune" else ft.retrain
+        result = fn(model, data, eval_data=eval_data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                    progress=progress, **extra)
+    write_model(result.model, out, external_data=True if has_external_data(model) else None, input_path=model)
+    if not quiet:
+        con = console()
+        con.print(f"training accuracy  {result.train_accuracy_before:.2f}% -> {result.train_accuracy_after:.2f}%",
+                  markup=False)
+        if result.eval_accuracy_after is not None:
+            con.print(f"held-out accuracy  {result.eval_accuracy_before:.2f}% -> {result.eval_accuracy_after:.2f}%",
+                      markup=False)
+        con.print(f"written            {out}", markup=False)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@_train_options
+def finetune(model, data, eval_data, output, epochs, lr, batch_size, seed, quiet):
+    """Fine-tune a (pruned) model's weights on DATA, keeping its graph (needs the finetune extra)."""
+    _train("finetune", model, data, eval_data, output, 3 if epochs is None else epochs, lr, batch_size, seed, quiet)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@_train_options
+@click.option("--init", "init", default="random", show_default=True,
+              help="'random', or the ONNX file of the unpruned network with its initial weights.")
+def retrain(model, data, eval_data, output, epochs, lr, batch_size, seed, quiet, init):
+    """Re-initialise a pruned architecture and train it from scratch on DATA (the paper's cross-data-set test)."""
+    init_value = init if init == "random" else Path(init)
+    _train("retrain", model, data, eval_data, output, 10 if epochs is None else epochs, lr, batch_size, seed, quiet,
+           init=init_value)
 
 
 if __name__ == "__main__":  # pragma: no cover
