@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -11,13 +12,27 @@ from rich.console import Console
 from .errors import InputError, OnnxcritError
 
 
-def _fail(exc: OnnxcritError) -> None:
+def _fail(exc: OnnxcritError, exit_code: int | None = None) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"onnxcrit: error: {exc}", markup=False)
-    sys.exit(exc.exit_code)
+    sys.exit(exc.exit_code if exit_code is None else exit_code)
 
 
 class _Group(click.Group):
-    """Turns onnxcrit's own errors into one line and an exit code; click's usage errors exit 2 as usual."""
+    """Turns onnxcrit's errors and click's usage errors into one line on stderr and an exit code."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            hint = f" (see 'onnxcrit {exc.ctx.info_name} --help')" if getattr(exc, "ctx", None) else ""
+            _fail(InputError(exc.format_message() + hint), exit_code=exc.exit_code)
+        except click.Abort:
+            Console(stderr=True).print("onnxcrit: interrupted; nothing was written", markup=False)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
         try:
@@ -83,28 +98,31 @@ class _RichProgress:
         self.bar.console.print(f"note: {message}", markup=False, highlight=False)
 
 
+def _probe_folder(path: Path, what: str) -> None:
+    """Fail before any work when `path` cannot be written: a missing or unwritable folder (root included)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{what} {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise InputError(f"{what} {path}: is a folder; give a file name")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} {path}: folder {folder} is not writable ({exc.strerror})") from None
+
+
 def _output_path(model: Path, output: Path | None) -> Path:
     out = output if output is not None else model.with_name(model.stem + ".pruned.onnx")
     if out.exists() and model.exists() and out.resolve() == model.resolve():
         raise InputError(f"{out}: refusing to write over the input model; choose another -o")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{out}: output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{out}: output folder {folder} is not writable")
-    if out.is_dir():
-        raise InputError(f"{out}: is a folder; give a file name")
+    _probe_folder(out, "output")
     return out
 
 
 def _writable_file(path: Path | None, what: str) -> None:
-    if path is None:
-        return
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{what} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{what} {path}: folder {folder} is not writable")
+    if path is not None:
+        _probe_folder(path, what)
 
 
 @main.command()
@@ -165,8 +183,11 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
                               rescale=rescale, compensation=compensate_bias, measure_latency=not no_latency,
                               finetune_data=finetune_data, finetune_epochs=finetune_epochs, progress=progress)
         progress.start("write")
-        written = write_model(result.model, out, external_data=True if has_external_data(model) else None,
-                              input_path=model)
+        try:
+            written = write_model(result.model, out, external_data=True if has_external_data(model) else None,
+                                  input_path=model)
+        except OSError as exc:
+            raise InputError(f"output {out}: cannot write ({exc.strerror or exc})") from None
         result.report["output"] = str(written)
         result.report["file_size_after"] = _disk_size(written)
         if report_path is not None:
