@@ -1,0 +1,107 @@
+"""Joins the per-layer builders into one MILP for a network and a calibration batch."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..bounds import Bounds, interval_bounds
+from .base import Context, Expr, ProblemBuilder, widen
+from .conv import build_conv
+from .dense import build_dense
+from .loss import LOSSES, add_loss, add_sparsity
+from .milp import Milp
+from .pool import build_avgpool, build_maxpool, build_reshape
+from .relu import build_relu, score_without_relu
+
+# layer kind -> builder(ctx, position, layer, input Expr) -> output Expr
+BUILDERS = {
+    "dense": build_dense,
+    "conv": build_conv,
+    "relu": build_relu,
+    "maxpool": build_maxpool,
+    "avgpool": build_avgpool,
+    "reshape": build_reshape,
+}
+
+SPARSITY = ("mean", "paper")
+STABLE_ON = ("linear", "nonneg")
+
+
+@dataclass
+class Formulation:
+    """The MILP and how to read a solution of it back in terms of the network."""
+
+    milp: Milp
+    score_cols: dict[int, np.ndarray]  # layer position -> score column per unit
+    logits: Expr  # the network's logits on the calibration images, as expressions
+    unit_stats: dict[int, dict[str, int]]  # scored layer -> (image, unit) pairs off / on / unstable
+    binaries: dict[str, int]  # origin (relu, maxpool) -> binary columns
+    columns: dict[str, int]  # kind -> columns
+    build_seconds: float
+    reference: np.ndarray  # the unpruned network (every score 1) as a point of the problem
+    deviation: dict[int, float]  # per layer: max |expression at the reference - forward pass|
+    notes: list[str] = field(default_factory=list)
+
+    def scores(self, x: np.ndarray) -> dict[int, np.ndarray]:
+        """Score per unit of every scored layer, clipped to [0, 1]."""
+        return {i: np.clip(x[cols], 0.0, 1.0) for i, cols in self.score_cols.items()}
+
+    def logits_at(self, x: np.ndarray) -> np.ndarray:
+        return self.logits.evaluate(x).reshape(self.logits.n, -1)
+
+    def with_scores_fixed(self, value: float = 1.0) -> Milp:
+        """The MILP with every score fixed (value 1: the unpruned network)."""
+        lo, hi = self.milp.col_lower.copy(), self.milp.col_upper.copy()
+        for cols in self.score_cols.values():
+            lo[cols] = hi[cols] = value
+        return replace(self.milp, col_lower=lo, col_upper=hi)
+
+
+def build_problem(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam: float = 5.0,
+                  loss: str = "hinge", margin: float = 1.0, sparsity: str = "mean", relax: bool = False,
+                  stable_on: str = "linear", bounds: Bounds | None = None) -> Formulation:
+    """The OAMIP of METHOD.md for the images x [N, *input_shape] with labels y [N]."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    if sparsity not in SPARSITY:
+        raise ValueError(f"unknown sparsity {sparsity!r}; expected one of {SPARSITY}")
+    if stable_on not in STABLE_ON:
+        raise ValueError(f"unknown stable_on {stable_on!r}; expected one of {STABLE_ON}")
+    start = time.perf_counter()
+    x = np.asarray(x, dtype=np.float64).reshape(-1, *net.input_shape)
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if bounds is None:
+        bounds = interval_bounds(net, x, eps)
+    pb = ProblemBuilder()
+    ctx = Context(net=net, bounds=bounds, pb=pb, relax=relax, stable_on=stable_on,
+                  activations=net.activations(x), inputs=x)
+    scored = set(net.scored_indices())
+    layers = net.layers
+
+    deviation: dict[int, float] = {}
+    X = Expr.constant(x, 0)  # inputs are constants: with a tiny eps the box is a point
+    for i, layer in enumerate(layers):
+        if i in scored:
+            ctx.score_cols[i] = pb.add_cols(layer.units, 0.0, 1.0, kind="score", ref=1.0)
+        X = BUILDERS[layer.kind](ctx, i, layer, X)
+        if i in scored and not (i + 1 < len(layers) and layers[i + 1].kind == "relu"):
+            X = score_without_relu(ctx, i, X)
+        # at every score 1 the expressions must reproduce the forward pass (cheap: one product)
+        gap = pb.ref_value(X, np.arange(X.rows)) - ctx.activations[i].reshape(-1)
+        deviation[i] = float(np.abs(gap).max(initial=0.0))
+
+    logits0 = ctx.activations[-1]
+    add_loss(ctx, X, y, logits0, kind=loss, margin=margin, weight=lam)
+    add_sparsity(ctx, sparsity)
+    milp = pb.finish()
+    worst = max(deviation, key=deviation.get)
+    if deviation[worst] > 1e-6 * (1.0 + float(np.abs(ctx.activations[worst]).max())):
+        milp.notes.append(f"the formulation does not reproduce the network at layer {worst} "
+                          f"({layers[worst].name}): deviation {deviation[worst]:.3g}")
+    X = replace(X, A=widen(X.A, pb.num_cols))
+    return Formulation(milp=milp, score_cols=dict(ctx.score_cols), logits=X, unit_stats=ctx.unit_stats,
+                       binaries=ctx.binaries, columns=dict(pb.kinds),
+                       build_seconds=time.perf_counter() - start, reference=pb.reference(), deviation=deviation,
+                       notes=list(milp.notes))

@@ -1,0 +1,131 @@
+"""The scoring stage: calibration images -> OAMIP -> solver -> a score per prunable unit."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import select
+from .calibration import choose_calibration
+from .errors import InputError, SolveError
+from .formulation import build_problem
+from .formulation.loss import LOSSES
+from .formulation.model import SPARSITY, STABLE_ON
+from .solve import SOLVERS, solve
+
+
+@dataclass
+class ScoreResult:
+    """Scores and the record of how they were obtained."""
+
+    scores: dict[int, np.ndarray]  # layer position in net.layers -> score per unit (empty without solution)
+    status: str  # optimal | feasible_at_deadline | infeasible | no_solution
+    objective: float | None
+    bound: float | None
+    gap: float | None
+    variables: int
+    binaries: int
+    constraints: int
+    nonzeros: int
+    build_seconds: float
+    solve_seconds: float
+    calibration_indices: np.ndarray
+    skipped: list[str]
+    solver: str
+    relaxed: bool
+    message: str = ""
+    unit_stats: dict[int, dict[str, int]] = field(default_factory=dict)  # layer -> off / on / unstable
+    binaries_by_origin: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("optimal", "feasible_at_deadline")
+
+
+def compute_scores(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam: float = 5.0,
+                   loss: str = "hinge", margin: float = 1.0, sparsity: str = "mean", relax: bool = False,
+                   num_samples: int = 10, seed: int = 0, solver: str = "auto", time_limit: float = 300.0,
+                   threads: int = 1, stable_on: str = "linear", calibration: np.ndarray | None = None,
+                   require_all_classes: bool = False, raise_on_failure: bool = True) -> ScoreResult:
+    """Score every prunable unit of `net` with the OAMIP on calibration images drawn from (x, y).
+
+    The calibration images are chosen by `choose_calibration` unless `calibration` gives their indices.
+    The solve stops at `time_limit` seconds (wall clock, enforced by killing the solver process); the
+    best solution found by then is used and the status says so. Without a usable solution (infeasible,
+    nothing found in time) a SolveError is raised whose `result` attribute holds the record, unless
+    `raise_on_failure` is False.
+    """
+    _check_options(eps, lam, loss, margin, sparsity, solver, time_limit, threads, stable_on)
+    if calibration is None:
+        indices, skipped = choose_calibration(net, x, y, num_samples, seed, require_all_classes)
+    else:
+        indices, skipped = np.asarray(calibration, dtype=np.int64), []
+    xs = np.asarray(x, dtype=np.float64).reshape(len(x), *net.input_shape)[indices]
+    ys = np.asarray(y).astype(np.int64)[indices]
+
+    form = build_problem(net, xs, ys, eps=eps, lam=lam, loss=loss, margin=margin, sparsity=sparsity,
+                         relax=relax, stable_on=stable_on)
+    milp = form.milp
+    answer = solve(milp, solver=solver, time_limit=time_limit, threads=threads, seed=seed)
+    message = answer.message
+    if answer.status == "infeasible":
+        message = ("the MIP is infeasible, although the unpruned network (every score 1) should satisfy it; "
+                   "this points at numerical trouble with the bounds"
+                   + (f" ({'; '.join(form.notes)})" if form.notes else "")
+                   + f"; try a larger eps than {eps:g} or relax=True")
+    elif answer.status == "no_solution":
+        message = f"no solution within time_limit={time_limit:g} s ({answer.message}); raise time_limit or use relax=True"
+    result = ScoreResult(
+        scores=form.scores(answer.x) if answer.x is not None else {},
+        status=answer.status, objective=answer.objective, bound=answer.bound, gap=answer.gap,
+        variables=milp.num_cols, binaries=milp.num_integer if not relax else 0, constraints=milp.num_rows,
+        nonzeros=int(milp.A.nnz), build_seconds=form.build_seconds, solve_seconds=answer.seconds,
+        calibration_indices=indices, skipped=skipped, solver=answer.solver, relaxed=relax, message=message,
+        unit_stats=form.unit_stats, binaries_by_origin=dict(form.binaries))
+    if raise_on_failure and not result.ok:
+        err = SolveError(message)
+        err.result = result
+        raise err
+    return result
+
+
+def masks_from_scores(net, scores: dict[int, np.ndarray], threshold: float = 0.1, mean_rule: bool = False,
+                      keep_at_least: int = 1, as_scales: bool = False) -> tuple[dict[int, np.ndarray], list[str]]:
+    """Which units to keep: score >= threshold (or >= the layer's mean score with mean_rule).
+
+    Returns per scored layer a 0/1 mask, or with as_scales the factor to deploy (the score for kept units,
+    0 for removed ones: folding s into the outgoing weights, METHOD.md section 6). Both plug directly into
+    `net.forward(x, scales=...)`. A layer is never emptied: at least `keep_at_least` units (the highest
+    scored) stay, and a note says so. The rule itself is `select.keep_by_threshold`.
+    """
+    notes: list[str] = []
+    keep = select.keep_by_threshold(net, scores, threshold, mean_rule=mean_rule, notes=notes)
+    for i, s in scores.items():
+        need = min(int(keep_at_least), len(s))
+        if keep[i].sum() < need:
+            top = np.argsort(-np.asarray(s), kind="stable")[:need]
+            keep[i] = keep[i].copy()
+            keep[i][top] = True
+            notes.append(f"layer '{net.layers[i].name}': kept the {need} highest scored units")
+    return select.to_scales(scores, keep, rescale=as_scales), notes
+
+
+def _check_options(eps, lam, loss, margin, sparsity, solver, time_limit, threads, stable_on):
+    if not eps >= 0:
+        raise InputError(f"eps must be >= 0, got {eps}")
+    if not lam >= 0:
+        raise InputError(f"lambda must be >= 0, got {lam}")
+    if loss not in LOSSES:
+        raise InputError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+    if not margin >= 0:
+        raise InputError(f"margin must be >= 0, got {margin}")
+    if sparsity not in SPARSITY:
+        raise InputError(f"unknown sparsity {sparsity!r}; expected one of {', '.join(SPARSITY)}")
+    if solver not in SOLVERS:
+        raise InputError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+    if not time_limit > 0:
+        raise InputError(f"time_limit must be positive, got {time_limit}")
+    if int(threads) != threads or threads < 1:
+        raise InputError(f"threads must be a positive integer, got {threads}")
+    if stable_on not in STABLE_ON:
+        raise InputError(f"unknown stable_on {stable_on!r}; expected one of {STABLE_ON}")
