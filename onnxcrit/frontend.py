@@ -53,7 +53,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _load_external(model: onnx.ModelProto, base: Path, path: Path) -> None:
-    for tensor in _all_tensors(model):
+    for tensor in stored_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}
@@ -67,7 +67,8 @@ def _load_external(model: onnx.ModelProto, base: Path, path: Path) -> None:
         raise InputError(f"{path}: cannot read external data ({exc})") from None
 
 
-def _all_tensors(model: onnx.ModelProto):
+def stored_tensors(model: onnx.ModelProto):
+    """Initializers and Constant/attribute tensors of the main graph (where weights can live)."""
     yield from model.graph.initializer
     for node in model.graph.node:
         for attr in node.attribute:

@@ -13,6 +13,8 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
+from .frontend import stored_tensors
+
 # protobuf cannot serialise a message of 2 GiB or more; stay clear of it. Tests lower this.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**25
 # a tensor goes to the external file when it is a float tensor of rank >= 2 (a weight) or this big
@@ -28,7 +30,7 @@ _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLO
 def has_external_data(path: str | os.PathLike) -> bool:
     """True when the ONNX file at `path` keeps any tensor in an external file."""
     model = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model))
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in stored_tensors(model))
 
 
 def serialized_size(model: onnx.ModelProto) -> int:
@@ -36,7 +38,7 @@ def serialized_size(model: onnx.ModelProto) -> int:
     try:
         return model.ByteSize()
     except Exception:  # noqa: BLE001 - very large messages on some protobuf backends
-        return sum(len(t.raw_data) for t in _tensors(model))
+        return sum(len(t.raw_data) for t in stored_tensors(model))
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
@@ -106,15 +108,6 @@ def _umask() -> int:
     return mask
 
 
-def _tensors(model: onnx.ModelProto):
-    """Initializers and Constant/attribute tensors of the main graph."""
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-
-
 def _external_files(path: Path) -> list[Path]:
     """The external data files a model file refers to (none if it is not a readable model)."""
     if not path.is_file():
@@ -124,7 +117,7 @@ def _external_files(path: Path) -> list[Path]:
     except Exception:  # noqa: BLE001 - not our business here whether the input is valid
         return []
     files = set()
-    for t in _tensors(model):
+    for t in stored_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             info = {e.key: e.value for e in t.external_data}
             files.add((path.parent / info.get("location", "")).resolve())

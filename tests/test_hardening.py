@@ -18,6 +18,8 @@ from onnxcrit import output
 from onnxcrit.cli import main
 from onnxcrit.frontend import load_network
 
+from .procs import processes, stat
+
 ROOT = Path(__file__).resolve().parents[1]
 CNN, CNN_CAL, CNN_EVAL = (ROOT / "models" / f for f in ("digits_cnn.onnx", "digits_cnn_calib.npz",
                                                         "digits_cnn_eval.npz"))
@@ -28,18 +30,7 @@ TIMING_SOLVER_KEYS = {"seconds", "build_seconds"}
 
 
 def _children(pid: int) -> list[int]:
-    """Processes whose parent is pid (from /proc, no extra dependency)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
+    return [child for child, fields in processes().items() if int(fields[1]) == pid]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -114,11 +105,8 @@ def test_ctrl_c_stops_cleanly(tmp_path):
 
 
 def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
+    fields = stat(pid)
+    return "gone" if fields is None else fields[0]
 
 
 def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ from onnxcrit.errors import InputError
 from onnxcrit.formulation.milp import Milp
 from onnxcrit.solve import solve
 
+from .procs import processes
+
 
 def market_split(m=6, n=50, seed=0) -> Milp:
     """A small MIP that branch-and-bound cannot close in seconds (Cornuejols-Dawande market split)."""
@@ -43,17 +45,7 @@ class _Recorder(subprocess.Popen):
 
 
 def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry))
-    return members
+    return [pid for pid, fields in processes().items() if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
 @pytest.fixture
