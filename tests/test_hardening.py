@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CNN, CNN_CAL, CNN_EVAL = (ROOT / "models" / f for f in ("digits_cnn.onnx", "digits_cnn_calib.npz",
                                                         "digits_cnn_eval.npz"))
 # a MIP that cannot be solved in seconds: 100 images and a wide input box make many units unstable
-HARD = ["--num-samples", "100", "--eps", "0.01", "--threshold", "0.1"]
+HARD = ["--num-samples", "100", "--eps", "0.01", "--threshold", "0.1", "--mip"]
 TIMING_KEYS = {"timings", "latency"}
 TIMING_SOLVER_KEYS = {"seconds", "build_seconds"}
 
@@ -66,16 +66,18 @@ def test_same_inputs_give_the_same_bytes(tmp_path):
 
 def test_deadline_holds_when_nothing_is_found(tmp_path):
     limit = 4.0
+    already = set(_descendants(os.getpid()))  # e.g. a multiprocessing helper from an earlier test
     start = time.perf_counter()
     result = CliRunner().invoke(main, ["optimize", str(CNN), "--data", str(CNN_CAL), *HARD, "--time-limit",
                                        str(limit), "-o", str(tmp_path / "out.onnx")], catch_exceptions=False)
     elapsed = time.perf_counter() - start
     assert result.exit_code == 1, result.output
     assert "no solution within" in result.output
-    # the solve itself is held to the limit; loading and building the problem come on top (about a second)
-    assert elapsed < limit * 1.1 + 3.0, elapsed
+    # the solve itself is held to the limit (tests/test_solve.py times it alone); loading, building the
+    # problem and starting the solver process come on top, slower on a loaded machine
+    assert elapsed < limit * 1.1 + 6.0, elapsed
     assert not (tmp_path / "out.onnx").exists()
-    alive = [p for p in _descendants(os.getpid()) if _state(p) not in ("Z", "gone")]
+    alive = [p for p in _descendants(os.getpid()) if p not in already and _state(p) not in ("Z", "gone")]
     assert alive == [], f"solver processes left running: {alive}"
 
 

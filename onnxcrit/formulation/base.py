@@ -51,9 +51,6 @@ class Expr:
     def with_shape(self, shape: tuple[int, ...]) -> "Expr":
         return Expr(self.A, self.c, self.nonneg, tuple(shape), self.n)
 
-    def row_nnz(self) -> np.ndarray:
-        return np.diff(self.A.indptr)
-
     def evaluate(self, x: np.ndarray) -> np.ndarray:
         """Values [n, *shape] at the column values x."""
         A = widen(self.A, x.size)
@@ -72,7 +69,6 @@ class ProblemBuilder:
     _ref: list = field(default_factory=list)  # value of each column in the unpruned network
     _cost: list = field(default_factory=list)
     _integer: list = field(default_factory=list)
-    _kind: list = field(default_factory=list)
     _coo: list = field(default_factory=list)  # (row ids, col ids, values)
     _row_lower: list = field(default_factory=list)
     _row_upper: list = field(default_factory=list)

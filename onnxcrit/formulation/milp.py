@@ -55,7 +55,8 @@ class Milp:
         if self.num_integer:
             frac = np.abs(x[self.integer] - np.round(x[self.integer]))
             if frac.max() > worst:
-                worst, where = float(frac.max()), f"integrality of column {int(np.flatnonzero(self.integer)[frac.argmax()])}"
+                column = int(np.flatnonzero(self.integer)[frac.argmax()])
+                worst, where = float(frac.max()), f"integrality of column {column}"
         return worst, where
 
     def save(self, path: str) -> None:
