@@ -149,7 +149,7 @@ def optimize_table(report: dict, console: Console, verbose: bool = False) -> Non
     lines = [f"file size      {report['file_size_before']:,} -> {report['file_size_after']:,} bytes"]
     for batch, lat in sorted((report.get("latency") or {}).items()):
         lines.append(f"latency {batch.replace('batch_', 'b'):<6} {lat['before_ms']:.3f} -> {lat['after_ms']:.3f} ms "
-                     f"(x{lat['before_ms'] / max(lat['after_ms'], 1e-9):.2f} faster)")
+                     f"(speed-up x{lat['before_ms'] / max(lat['after_ms'], 1e-9):.2f})")
     if report.get("accuracy_before") is not None:
         lines.append(f"accuracy       {report['accuracy_before']:.2f}% -> {report['accuracy_after']:.2f}% "
                      f"(on {report['accuracy_data']} data)")
