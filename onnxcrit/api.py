@@ -9,6 +9,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -52,13 +53,14 @@ class Result:
     scales: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def _check_options(eps, lam, threshold, num_samples, time_limit, max_accuracy_drop, target_params):
+def _check_options(eps, lam, threshold, num_samples, time_limit, max_accuracy_drop, target_params, margin=1.0):
     """One-line refusals for nonsense option values (exit code 2)."""
     checks = [
         (eps is not None and not (math.isfinite(eps) and eps >= 0), f"eps must be >= 0, got {eps}"),
         (not (math.isfinite(lam) and lam > 0), f"lambda must be > 0, got {lam}"),
         (threshold is not None and not (0 <= threshold <= 1), f"threshold must be in [0, 1], got {threshold}"),
         (num_samples < 1, f"num_samples must be >= 1, got {num_samples}"),
+        (not (math.isfinite(margin) and margin >= 0), f"margin must be >= 0, got {margin}"),
         (not (math.isfinite(time_limit) and time_limit > 0), f"time limit must be > 0 seconds, got {time_limit}"),
         (max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 100),
          f"max accuracy drop must be in [0, 100] points, got {max_accuracy_drop}"),
@@ -74,11 +76,12 @@ def _check_options(eps, lam, threshold, num_samples, time_limit, max_accuracy_dr
 
 def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None, eps: float = 1e-5,
              lam: float = 5.0, threshold: float | None = None, mean_threshold: bool = False,
-             num_samples: int = 10, relax: bool = False, solver: str = "auto", time_limit: float = 300.0,
+             num_samples: int = 10, relax: bool = True, solver: str = "auto", time_limit: float = 300.0,
              max_accuracy_drop: float | None = None, target_params: float | None = None, seed: int = 0,
-             loss: str = "auto", sparsity: str = "mean", rescale: bool | None = None, compensation: bool = False,
+             loss: str = "hinge", margin: float = 1.0, sparsity: str = "mean", rescale: bool | None = None,
+             compensation: bool = False,
              measure_latency: bool = True, finetune_data=None, finetune_epochs: int = 3,
-             progress: Progress | None = None) -> Result:
+             mode: str = "full", workers: int | None = None, progress: Progress | None = None) -> Result:
     """Score every prunable unit with the OAMIP MIP, remove the unimportant ones, validate, and report.
 
     model: an ONNX path or ModelProto. data: calibration data (.npz path with x and y, an (x, y) pair or a
@@ -88,15 +91,22 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     rescale: deploy kept units at their score (True, METHOD.md section 6), at full strength (False), or (None)
     whichever is more accurate on eval_data under an accuracy budget, else at their score.
     finetune_data: train the pruned model `finetune_epochs` epochs on it afterwards (needs the `finetune` extra).
+    mode: "full" (one MIP for the whole network), "decoupled" (one MIP per block on an auxiliary head, solved by
+    `workers` parallel workers, default the number of cores; METHOD.md section 5) or "auto" (decoupled for
+    large problems; the report's `mode` and `mode_reason` say which and why).
     Raises InputError (bad input), SolveError (no solution), BudgetError (budget unreachable),
     ValidationError (the rewritten model failed a check).
     """
     from .scoring import compute_scores  # the MIP stack loads only when needed
 
     progress = progress or Progress()
-    _check_options(eps, lam, threshold, num_samples, time_limit, max_accuracy_drop, target_params)
+    _check_options(eps, lam, threshold, num_samples, time_limit, max_accuracy_drop, target_params, margin)
     if finetune_epochs < 1:
         raise InputError(f"finetune epochs must be >= 1, got {finetune_epochs}")
+    if mode not in ("full", "decoupled", "auto"):
+        raise InputError(f"unknown mode {mode!r}; expected full, decoupled or auto")
+    if workers is not None and not (int(workers) == workers and workers >= 1):
+        raise InputError(f"workers must be a positive integer, got {workers}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -106,6 +116,15 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     evald = load_data(eval_data, net, what="evaluation data") if eval_data is not None else None
     timings["load"] = time.perf_counter() - clock
     progress.done("load", f"{len(net.scored_indices())} prunable layers, {net.params:,} parameters")
+    used_mode, mode_reason = mode, "requested"
+    if mode != "full":
+        from . import decoupled
+
+        if mode == "auto":
+            used_mode, mode_reason = decoupled.choose_mode(net, num_samples)
+            if used_mode == "decoupled":
+                progress.note(f"mode decoupled: {mode_reason}")
+        workers = decoupled.default_workers() if workers is None else int(workers)
 
     if target_params is not None:
         rule = "parameter budget"
@@ -120,19 +139,23 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     if rule == "accuracy budget" and evald is None:
         raise InputError("an accuracy budget needs evaluation data (--eval-data)")
 
+    # each block's MIP saw the unpruned network's inputs, not earlier blocks' scaled ones: in decoupled mode
+    # kept units are deployed at full strength unless asked otherwise (measured: tools/results/bench_vgg.md)
+    deploy_rescale = False if (used_mode == "decoupled" and rescale is None) else rescale
     attempts, lam_now = [], lam
     while True:
         progress.start("score", deadline=time_limit)
-        scored = compute_scores(net, calib.x, calib.y, eps=eps, lam=lam_now, sparsity=sparsity, relax=relax,
-                                num_samples=num_samples, seed=seed, solver=solver, time_limit=time_limit,
-                                **({} if loss == "auto" else {"loss": loss}))
+        score = compute_scores if used_mode == "full" else partial(decoupled.decoupled_scores, workers=workers)
+        scored = score(net, calib.x, calib.y, eps=eps, lam=lam_now, margin=margin, sparsity=sparsity, relax=relax,
+                       num_samples=num_samples, seed=seed, solver=solver, time_limit=time_limit, loss=loss)
         timings["build"] = timings.get("build", 0.0) + scored.build_seconds
         timings["solve"] = timings.get("solve", 0.0) + scored.solve_seconds
-        progress.done("score", f"{scored.status}, {scored.variables:,} variables, {scored.binaries:,} binaries, "
-                               f"solved in {scored.solve_seconds:.1f} s")
+        blocks = f"{len(scored.blocks)} blocks on {workers} workers, " if used_mode == "decoupled" else ""
+        progress.done("score", f"{blocks}{scored.status}, {scored.variables:,} variables, {scored.binaries:,} "
+                               f"binaries, solved in {scored.solve_seconds:.1f} s")
         progress.start("select")
         chosen, closest = _select(rule, net, scored.scores, evald, threshold, mean_threshold, max_accuracy_drop,
-                                  target_params, rescale)
+                                  target_params, deploy_rescale)
         attempts.append({"lambda": lam_now, "tried": closest.tried})
         progress.done("select", chosen.rule if chosen else "budget not met")
         if chosen is not None or rule != "accuracy budget" or len(attempts) >= 3:
@@ -172,9 +195,13 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     report = _report(net, proto, new_net, new_model, scored, chosen, check, evald, removed_dead, attempts,
                      measure_latency, dict(eps=eps, lam=lam_now, threshold=threshold,
                                            mean_threshold=mean_threshold, num_samples=num_samples, relax=relax,
-                                           solver=solver, time_limit=time_limit, loss=loss, sparsity=sparsity,
+                                           solver=solver, time_limit=time_limit, loss=loss, margin=margin,
+                                           sparsity=sparsity,
                                            max_accuracy_drop=max_accuracy_drop, target_params=target_params,
-                                           seed=seed, rescale=rescale, compensation=compensation))
+                                           seed=seed, rescale=rescale, compensation=compensation, mode=mode,
+                                           workers=workers))
+    report["mode"], report["mode_reason"] = used_mode, mode_reason
+    report["blocks"] = scored.blocks if used_mode == "decoupled" else []
     timings["measure"] = time.perf_counter() - clock
     progress.done("measure")
     if finetune_data is not None:

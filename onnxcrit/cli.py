@@ -139,8 +139,15 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("--lam", type=float, default=5.0, show_default=True, help="Weight of the loss term (larger prunes less).")
 @click.option("--eps", type=float, default=1e-5, show_default=True, help="Radius of the input box around each image.")
 @click.option("--num-samples", type=int, default=10, show_default=True, help="Calibration images (balanced by class).")
-@click.option("--relax", is_flag=True, help="Relax the binaries: solve an LP instead of a MIP.")
+@click.option("--relax/--mip", default=True, show_default=True,
+              help="Solve the LP relaxation (HiGHS interior point; gave the MIP's scores in every benchmark) or "
+              "the MIP with its binaries (CBC).")
 @click.option("--solver", type=click.Choice(["auto", "cbc", "highs"]), default="auto", show_default=True)
+@click.option("--loss", type=click.Choice(["hinge", "lse"]), default="hinge", show_default=True,
+              help="Linear surrogate of the loss: multiclass hinge, or tangent planes of log-sum-exp.")
+@click.option("--margin", type=float, default=1.0, show_default=True, help="Hinge margin (larger prunes less).")
+@click.option("--sparsity", type=click.Choice(["mean", "paper"]), default="mean", show_default=True,
+              help="Per-layer mean scores, or the paper code's -2 shift over the K-1 largest layers.")
 @click.option("--max-accuracy-drop", type=float, help="Accuracy budget in points on --eval-data [default with "
               "--eval-data: 1.0].")
 @click.option("--target-params", type=float, help="Keep at most this fraction of the parameters (0-1].")
@@ -152,11 +159,15 @@ def _writable_file(path: Path | None, what: str) -> None:
               "(needs the finetune extra).")
 @click.option("--finetune-epochs", type=int, default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mode", type=click.Choice(["auto", "full", "decoupled"]), default="auto", show_default=True,
+              help="One MIP for the whole network, one per block on auxiliary heads (parallel), or by problem size.")
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel block solves in decoupled mode "
+              "[default: the number of cores].")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print calibration, selection and solver details.")
 def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,
-             eps, num_samples, relax, solver, max_accuracy_drop, target_params, compensate_bias, rescale,
-             no_latency, finetune_data, finetune_epochs, seed, quiet, verbose):
+             eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, compensate_bias, rescale,
+             no_latency, finetune_data, finetune_epochs, seed, mode, workers, quiet, verbose):
     """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
     from . import api
     from .output import has_external_data, write_model
@@ -178,10 +189,12 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
     with _RichProgress(err, verbose) as progress:
         result = api.optimize(model, data, eval_data=eval_data, eps=eps, lam=lam,
                               threshold=threshold, mean_threshold=mean_threshold, num_samples=num_samples,
-                              relax=relax, solver=solver, time_limit=time_limit,
+                              relax=relax, solver=solver, loss=loss, margin=margin, sparsity=sparsity,
+                              time_limit=time_limit,
                               max_accuracy_drop=max_accuracy_drop, target_params=target_params, seed=seed,
                               rescale=rescale, compensation=compensate_bias, measure_latency=not no_latency,
-                              finetune_data=finetune_data, finetune_epochs=finetune_epochs, progress=progress)
+                              finetune_data=finetune_data, finetune_epochs=finetune_epochs, mode=mode,
+                              workers=workers, progress=progress)
         progress.start("write")
         try:
             written = write_model(result.model, out, external_data=True if has_external_data(model) else None,

@@ -173,3 +173,20 @@ def test_console_script_in_a_subprocess(tmp_path):
                            "--no-latency", "-q"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert out.is_file()
+
+
+def test_formulation_variants_reach_the_solver(tmp_path):
+    """--loss/--margin/--sparsity change the problem: the lse loss adds tangent-plane rows, the paper's
+    sparsity adds its shift columns."""
+    rows = {}
+    for name, extra in (("base", []), ("lse", ["--loss", "lse"]), ("paper", ["--sparsity", "paper"]),
+                        ("margin", ["--margin", "3"])):
+        code, out = run("optimize", MLP, "--data", MLP_CAL, "--threshold", "0.1", "-o", tmp_path / f"{name}.onnx",
+                        "--report", tmp_path / f"{name}.json", "--no-latency", "-q", *extra)
+        assert code == 0, out
+        rows[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    base = rows["base"]["solver"]
+    assert rows["lse"]["options"]["loss"] == "lse" and rows["lse"]["solver"]["constraints"] > base["constraints"]
+    assert rows["paper"]["options"]["sparsity"] == "paper" and rows["paper"]["solver"]["variables"] > base["variables"]
+    assert rows["margin"]["options"]["margin"] == 3.0
+    assert rows["margin"]["params_after"] >= rows["base"]["params_after"]  # a larger margin never prunes more here

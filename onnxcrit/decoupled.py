@@ -1,0 +1,419 @@
+"""Decoupled mode (METHOD.md section 5): one OAMIP per block on an auxiliary classifier head, in parallel.
+
+A block is a scored linear layer with what follows it up to the next linear layer (ReLU, pooling); the
+reshapes before the next linear layer belong to that layer's input. For each block:
+
+1. Head. A multinomial logistic regression (numpy + scipy L-BFGS) on the block's output over the whole
+   user data file: for conv blocks on the global average of each channel (`head="gap"`) or on the map
+   average-pooled to 2 x 2 (`head="pool2"`). The last block needs no fitted head: the network's own
+   output layer follows it, so its sub-network is the network's exact tail.
+2. Sub-network. input = the scored layer's pre-activations on the calibration images (the unpruned
+   network's, so the blocks are independent), a 1 x 1 identity Conv / identity Dense that carries the
+   layer's scores, the block's ReLU and pooling, then the head (AvgPool + Reshape + Dense) as the output
+   layer, which is not scored. With a tiny eps the MIP of the full network would treat these
+   pre-activations as constants too; feeding them as the input spares building the layer's (large) sparse
+   weight matrix only to multiply constants. The input box is eps times the largest L1 norm of a unit's
+   incoming weights: the interval radius an eps box around the block's input gives, taken uniformly.
+3. One `compute_scores` call per block, with the calibration images chosen once for the whole network.
+
+The per-block calls are independent tasks (`BlockTask` -> `solve_block` -> `BlockResult`, all picklable
+and module-level), run by an executor: anything with `map(fn, tasks)` returning results in task order.
+`local_executor` gives threads (each `compute_scores` solves in its own child process, so threads give
+parallel solves), processes, or a serial loop; a cluster backend (Ray, Dask) is one more such object.
+
+Deadline: the solve phase gets `time_limit` seconds in all. With B blocks on W workers each block gets the
+share T / ceil(B / W), capped by the time left when it starts: with tasks taken in order by the next free
+worker, block j starts by floor(j / W) shares in, so the last one ends by T even if every block used its whole
+share. The share bounds each block's solve; its build (seconds, measured) comes on top, as in full mode.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .calibration import choose_calibration
+from .errors import InputError, SolveError
+from .ir import AvgPool, Conv, Dense, Network, Reshape
+from .scoring import ScoreResult, compute_scores
+
+MODES = ("full", "decoupled", "auto")
+HEADS = ("gap", "pool2")
+EXECUTORS = ("threads", "processes", "serial")
+# auto picks decoupled above this many (calibration image, activation element) pairs of the scored
+# layers; measured in tools/bench_vgg.py (LeNet-5: 47k, full MIP ~10 s; VGG-11 at 32 x 32: 1.5M)
+AUTO_ROWS = 100_000
+MIN_SOLVE_SECONDS = 0.5  # a block with less time than this is not started (a solver process takes ~0.3 s)
+# worse statuses last: the merged status is the worst block's
+_STATUS_ORDER = ("optimal", "feasible_at_deadline", "no_solution", "infeasible")
+
+
+# ---------------------------------------------------------------------------------------------------
+# blocks
+
+
+@dataclass(frozen=True)
+class Block:
+    """layers[position:stop] of the network: the scored layer, its ReLU and pooling."""
+
+    name: str
+    position: int
+    stop: int
+    last: bool  # the output layer follows: the network's own tail is the head
+
+
+def split_blocks(net: Network) -> list[Block]:
+    """One block per scored layer, in network order."""
+    linear = net.linear_indices()
+    blocks = []
+    for j, k in enumerate(net.scored_indices()):
+        stop = linear[j + 1]
+        while stop - 1 > k and net.layers[stop - 1].kind == "reshape":
+            stop -= 1
+        blocks.append(Block(net.layers[k].name, k, stop, last=(j + 1 == len(linear) - 1)))
+    return blocks
+
+
+def problem_rows(net: Network, num_samples: int) -> int:
+    """Size measure of the full MIP: calibration images x output elements of the scored layers."""
+    return int(num_samples) * sum(int(np.prod(net.layers[k].out_shape)) for k in net.scored_indices())
+
+
+def choose_mode(net: Network, num_samples: int) -> tuple[str, str]:
+    """("full" | "decoupled", why) for mode auto."""
+    rows = problem_rows(net, num_samples)
+    if rows > AUTO_ROWS:
+        return "decoupled", (f"{rows:,} (image, unit output) pairs in the scored layers, above {AUTO_ROWS:,}: "
+                             f"one MIP per block")
+    return "full", f"{rows:,} (image, unit output) pairs in the scored layers, at most {AUTO_ROWS:,}: one MIP"
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# heads
+
+
+@dataclass
+class Head:
+    """The output layer of a block's sub-network: pooling layers, then a Dense on their output."""
+
+    kind: str  # gap | pool2 | flat | network
+    pool: list  # IR layers from the block output to the Dense input (AvgPool, Reshape)
+    dense: Dense
+    accuracy: float  # percent, on the data it was fitted on (for "network": the whole network's)
+
+
+def head_pooling(name: str, out_shape: tuple[int, ...], kind: str) -> tuple[list, str]:
+    """IR layers turning a block output into head features, and the kind actually used."""
+    if len(out_shape) != 3:
+        return [Reshape(f"{name}/head_flatten", tuple(out_shape), (int(np.prod(out_shape)),))], "flat"
+    c, h, w = out_shape
+    grid = 2 if kind == "pool2" and h % 2 == 0 and w % 2 == 0 and h >= 2 else 1
+    kernel = (h // grid, w // grid)
+    pool = AvgPool(f"{name}/head_pool", (c, h, w), kernel, kernel)
+    return [pool, Reshape(f"{name}/head_flatten", pool.out_shape, (c * grid * grid,))], ("gap" if grid == 1
+                                                                                         else "pool2")
+
+
+def fit_logistic(features: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-3,
+                 max_iter: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression (L2 on the weights of standardised features), by L-BFGS.
+
+    Returns (weight [classes, d], bias [classes]) on the raw features. Deterministic.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax
+
+    f = np.asarray(features, dtype=np.float64)
+    mean = f.mean(axis=0)
+    scale = f.std(axis=0)
+    scale[scale < 1e-12] = 1.0  # constant features (dead units) carry no information
+    z = (f - mean) / scale
+    m, d = z.shape
+    target = np.eye(classes)[np.asarray(y, dtype=np.int64)]
+
+    def loss(theta):
+        W = theta[:classes * d].reshape(classes, d)
+        b = theta[classes * d:]
+        logp = log_softmax(z @ W.T + b, axis=1)
+        p = np.exp(logp)
+        value = -np.sum(target * logp) / m + 0.5 * l2 * np.sum(W * W)
+        g = (p - target) / m
+        return value, np.concatenate([(g.T @ z + l2 * W).ravel(), g.sum(axis=0)])
+
+    theta = minimize(loss, np.zeros(classes * (d + 1)), jac=True, method="L-BFGS-B",
+                     options={"maxiter": int(max_iter)}).x
+    W = theta[:classes * d].reshape(classes, d) / scale
+    b = theta[classes * d:] - W @ mean
+    return W, b
+
+
+def block_features(net: Network, blocks: list[Block], x: np.ndarray, pools: list[list],
+                   batch_size: int = 64) -> tuple[list[np.ndarray], np.ndarray]:
+    """Head features of every block over the images x, and the network's logits, in one pass streamed
+    in batches (only the pooled maps stay in memory)."""
+    ends = {b.stop - 1: j for j, b in enumerate(blocks)}
+    out: list[list[np.ndarray]] = [[] for _ in blocks]
+    logits = []
+    for start in range(0, len(x), batch_size):
+        h = np.asarray(x[start:start + batch_size], dtype=np.float64).reshape(-1, *net.input_shape)
+        for i, layer in enumerate(net.layers):
+            h = layer.forward(h)
+            if i in ends:
+                f = h
+                for p in pools[ends[i]]:
+                    f = p.forward(f)
+                out[ends[i]].append(f)
+        logits.append(h)
+    return [np.concatenate(chunks, axis=0) for chunks in out], np.concatenate(logits, axis=0)
+
+
+def fit_heads(net: Network, blocks: list[Block], x: np.ndarray, y: np.ndarray, kind: str = "gap",
+              batch_size: int = 64) -> list[Head]:
+    """A head per block: fitted for all but the last, whose head is the network's own output layer."""
+    pools, kinds = [], []
+    for b in blocks:
+        layers, used = ([], "network") if b.last else head_pooling(b.name, net.layers[b.stop - 1].out_shape, kind)
+        pools.append(layers)
+        kinds.append(used)
+    fitted = [j for j, b in enumerate(blocks) if not b.last]
+    feats, logits = block_features(net, [blocks[j] for j in fitted], x, [pools[j] for j in fitted], batch_size)
+    classes = net.num_classes
+    y = np.asarray(y, dtype=np.int64)
+    heads: list[Head] = []
+    out_layer = net.layers[net.linear_indices()[-1]]
+    for j, b in enumerate(blocks):
+        if b.last:
+            acc = float(np.mean(logits.argmax(axis=1) == y) * 100.0)
+            heads.append(Head("network", [], out_layer, acc))
+            continue
+        f = feats[fitted.index(j)]
+        W, bias = fit_logistic(f, y, classes)
+        acc = float(np.mean((f @ W.T + bias).argmax(axis=1) == y) * 100.0)
+        dense = Dense(f"{b.name}/head", W, bias, (f.shape[1],))
+        heads.append(Head(kinds[j], pools[j], dense, acc))
+    return heads
+
+
+def block_network(net: Network, block: Block, head: Head) -> tuple[Network, float]:
+    """The block's sub-network (identity scored layer + ReLU/pooling + head) and its eps factor."""
+    layer = net.layers[block.position]
+    units = layer.units
+    if isinstance(layer, Conv):
+        eye = np.eye(units).reshape(units, units, 1, 1)
+        scored = Conv(f"{layer.name}/scores", eye, np.zeros(units), tuple(layer.out_shape))
+    else:
+        scored = Dense(f"{layer.name}/scores", np.eye(units), np.zeros(units), (units,))
+    tail = net.layers[block.position + 1:] if block.last else net.layers[block.position + 1:block.stop]
+    layers = [scored, *tail, *([] if block.last else [*head.pool, head.dense])]
+    sub = Network(layers=list(layers), input_name=f"{layer.name}/preactivation", input_shape=tuple(layer.out_shape),
+                  logits_name=f"{block.name}/head")
+    return sub, float(np.abs(layer.weight).reshape(units, -1).sum(axis=1).max(initial=0.0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# tasks and executors
+
+
+@dataclass
+class BlockTask:
+    """Everything one block's solve needs; picklable, so any executor can ship it."""
+
+    index: int
+    name: str
+    position: int
+    network: Network
+    x: np.ndarray  # the scored layer's pre-activations on the calibration images
+    y: np.ndarray
+    options: dict  # compute_scores keyword arguments (eps already scaled)
+    share: float  # seconds this block's solve may take at most
+    deadline: float  # wall-clock time (time.time()) the whole solve phase must end by
+
+
+@dataclass
+class BlockResult:
+    index: int
+    name: str
+    position: int
+    units: int
+    scores: np.ndarray | None
+    status: str
+    objective: float | None
+    bound: float | None
+    gap: float | None
+    variables: int
+    binaries: int
+    constraints: int
+    nonzeros: int
+    build_seconds: float
+    solve_seconds: float
+    seconds: float
+    time_limit: float
+    solver: str
+    message: str
+    unit_stats: dict = field(default_factory=dict)
+    binaries_by_origin: dict = field(default_factory=dict)
+
+
+def solve_block(task: BlockTask) -> BlockResult:
+    """One block's MIP; never raises for a solve without solution (the status says so)."""
+    start = time.perf_counter()
+    limit = min(task.share, task.deadline - time.time())
+    units = task.network.layers[0].units
+    if limit < MIN_SOLVE_SECONDS:  # not enough time left to start a solver process
+        why = ("the global deadline had passed" if task.deadline - time.time() < MIN_SOLVE_SECONDS
+               else f"its share of the time limit ({task.share:.3g} s) is too short")
+        return BlockResult(task.index, task.name, task.position, units, None, "no_solution", None, None, None,
+                           0, 0, 0, 0, 0.0, 0.0, 0.0, max(limit, 0.0), task.options.get("solver", "auto"),
+                           f"not solved: {why}")
+    r = compute_scores(task.network, task.x, task.y, calibration=np.arange(len(task.x)), time_limit=limit,
+                       raise_on_failure=False, **task.options)
+    return BlockResult(task.index, task.name, task.position, units, r.scores.get(0), r.status, r.objective, r.bound,
+                       r.gap, r.variables, r.binaries, r.constraints, r.nonzeros, r.build_seconds, r.solve_seconds,
+                       time.perf_counter() - start, limit, r.solver, r.message, r.unit_stats.get(0, {}),
+                       r.binaries_by_origin)
+
+
+class SerialExecutor:
+    """Runs the tasks one after the other in this thread."""
+
+    def map(self, fn, tasks: Iterable) -> Iterator:
+        return map(fn, tasks)
+
+
+@contextmanager
+def local_executor(workers: int, kind: str = "threads"):
+    """An executor on this machine: `workers` threads (default), processes, or serial (workers 1)."""
+    if kind not in EXECUTORS:
+        raise InputError(f"unknown executor {kind!r}; expected one of {', '.join(EXECUTORS)}")
+    if workers == 1 or kind == "serial":
+        yield SerialExecutor()
+    elif kind == "threads":
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxcrit-block") as pool:
+            yield pool
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            yield pool
+
+
+# ---------------------------------------------------------------------------------------------------
+# the stage
+
+
+@dataclass
+class DecoupledScoreResult(ScoreResult):
+    """A ScoreResult merged over the blocks, with the record of each block."""
+
+    blocks: list[dict] = field(default_factory=list)
+    workers: int = 1
+    head: str = "gap"
+
+
+def decoupled_scores(net: Network, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam: float = 5.0,
+                     loss: str = "hinge", margin: float = 1.0, sparsity: str = "mean", relax: bool = False,
+                     num_samples: int = 10, seed: int = 0, solver: str = "auto", time_limit: float = 300.0,
+                     workers: int | None = None, executor: Any = None, executor_kind: str = "threads",
+                     head: str = "gap", calibration: np.ndarray | None = None, require_all_classes: bool = False,
+                     raise_on_failure: bool = True, batch_size: int = 64) -> DecoupledScoreResult:
+    """Score every prunable unit with one OAMIP per block (see the module docstring).
+
+    x, y: the user's data; the heads are fitted on all of it, the calibration images are chosen from it
+    once (or given by `calibration`) and shared by every block. `executor`: any object with
+    `map(fn, tasks)`; by default a `local_executor(workers, executor_kind)`. `time_limit` bounds the whole
+    solve phase. Returns the scores keyed by positions in `net.layers`, like `compute_scores`; raises
+    SolveError when a block has no usable solution (the `result` attribute holds the record) unless
+    `raise_on_failure` is False.
+    """
+    if head not in HEADS:
+        raise InputError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
+    if not time_limit > 0:
+        raise InputError(f"time_limit must be positive, got {time_limit}")
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    prep = time.perf_counter()
+    if calibration is None:
+        indices, skipped = choose_calibration(net, x, y, num_samples, seed, require_all_classes)
+    else:
+        indices, skipped = np.asarray(calibration, dtype=np.int64), []
+    x = np.asarray(x).reshape(len(x), *net.input_shape)
+    y = np.asarray(y).astype(np.int64)
+    blocks = split_blocks(net)
+    if not blocks:
+        raise InputError("the network has no prunable layer (only the output layer)")
+    heads = fit_heads(net, blocks, x, y, head, batch_size)
+    acts = net.activations(x[indices])
+    ys = y[indices]
+    options = dict(lam=lam, loss=loss, margin=margin, sparsity=sparsity, relax=relax, seed=seed, solver=solver)
+    prep_seconds = time.perf_counter() - prep
+
+    rounds = math.ceil(len(blocks) / workers)
+    share = time_limit / rounds
+    deadline = time.time() + time_limit
+    tasks = []
+    for j, (b, h) in enumerate(zip(blocks, heads)):
+        sub, radius = block_network(net, b, h)
+        tasks.append(BlockTask(j, b.name, b.position, sub, acts[b.position], ys, dict(options, eps=eps * radius),
+                               share, deadline))
+    clock = time.perf_counter()
+    if executor is not None:
+        results = list(executor.map(solve_block, tasks))
+    else:
+        with local_executor(workers, executor_kind) as ex:
+            results = list(ex.map(solve_block, tasks))
+    wall = time.perf_counter() - clock
+    return _merge(net, results, heads, indices, skipped, prep_seconds, wall, workers, head, relax, time_limit,
+                  raise_on_failure)
+
+
+def _merge(net, results, heads, indices, skipped, prep_seconds, wall, workers, head, relax, time_limit,
+           raise_on_failure) -> DecoupledScoreResult:
+    results = sorted(results, key=lambda r: r.index)
+    status = max((r.status for r in results), key=_STATUS_ORDER.index)
+    failed = [r for r in results if r.scores is None]
+    rows = []
+    for r, h in zip(results, heads):
+        rows.append({"name": r.name, "units": r.units, "variables": r.variables, "binaries": r.binaries,
+                     "constraints": r.constraints, "status": r.status, "seconds": round(r.seconds, 3),
+                     "time_limit": round(r.time_limit, 3), "head": h.kind,
+                     "head_accuracy": round(h.accuracy, 4)})
+    origins: dict[str, int] = {}
+    for r in results:
+        for k, v in r.binaries_by_origin.items():
+            origins[k] = origins.get(k, 0) + int(v)
+    known = [r for r in results if r.objective is not None]
+    message = "; ".join(f"block '{r.name}': {r.message}" for r in failed)
+    if failed and status == "no_solution":
+        message += (f"; each block's solve had {results[0].time_limit if results else 0:.3g} s at most of "
+                    f"time_limit={time_limit:g} s ({workers} workers): raise time_limit or workers, or use relax=True")
+    out = DecoupledScoreResult(
+        scores={r.position: r.scores for r in results if r.scores is not None}, status=status,
+        objective=sum(r.objective for r in known) if len(known) == len(results) else None,
+        bound=sum(r.bound for r in results) if all(r.bound is not None for r in results) else None,
+        gap=max((r.gap for r in results if r.gap is not None), default=None),
+        variables=sum(r.variables for r in results), binaries=sum(r.binaries for r in results),
+        constraints=sum(r.constraints for r in results), nonzeros=sum(r.nonzeros for r in results),
+        build_seconds=prep_seconds, solve_seconds=wall, calibration_indices=np.asarray(indices), skipped=skipped,
+        solver=",".join(sorted({r.solver for r in results})), relaxed=relax, message=message,
+        unit_stats={r.position: r.unit_stats for r in results}, binaries_by_origin=origins, blocks=rows,
+        workers=workers, head=head)
+    if raise_on_failure and not out.ok:
+        err = SolveError(message or f"decoupled solve ended with status {status}")
+        err.result = out
+        raise err
+    return out

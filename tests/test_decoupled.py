@@ -1,0 +1,183 @@
+"""Decoupled mode: one MIP per block on an auxiliary head, merged, rewritten and validated like full mode."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxcrit import api
+from onnxcrit.cli import main
+from onnxcrit.decoupled import (AUTO_ROWS, BlockTask, block_features, block_network, choose_mode, decoupled_scores,
+                                fit_heads, local_executor, solve_block, split_blocks)
+from onnxcrit.errors import SolveError
+from onnxcrit.frontend import load_network
+from onnxcrit.ir import Conv, Network, Relu
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+BLOCK_KEYS = {"name", "units", "variables", "binaries", "constraints", "status", "seconds", "head_accuracy"}
+
+
+def case(name: str):
+    net, _ = load_network(MODELS / f"{name}.onnx")
+    cal = np.load(MODELS / f"{name}_calib.npz")
+    return net, cal["x"], cal["y"]
+
+
+@pytest.fixture(scope="module", params=["digits_cnn", "digits_mlp"])
+def decoupled_run(request):
+    name = request.param
+    result = api.optimize(MODELS / f"{name}.onnx", MODELS / f"{name}_calib.npz",
+                          eval_data=MODELS / f"{name}_eval.npz", mode="decoupled", workers=2, measure_latency=False)
+    return name, result
+
+
+def test_decoupled_run_gives_a_valid_smaller_model(decoupled_run):
+    name, result = decoupled_run
+    report = result.report
+    onnx.checker.check_model(result.model, full_check=True)
+    assert report["mode"] == "decoupled"
+    assert report["params_after"] < report["params_before"]
+    assert report["accuracy_before"] - report["accuracy_after"] <= 1.0 + 1e-9  # the default budget held
+    assert report["max_abs_vs_masked_ir"] <= 1e-5  # the rewrite equals the masked IR (validated)
+    net, _ = load_network(MODELS / f"{name}.onnx")
+    assert report["options"]["mode"] == "decoupled" and report["options"]["workers"] == 2
+
+
+def test_report_has_one_row_per_block(decoupled_run):
+    name, result = decoupled_run
+    net, _ = load_network(MODELS / f"{name}.onnx")
+    blocks = result.report["blocks"]
+    assert [b["name"] for b in blocks] == [net.layers[i].name for i in net.scored_indices()]
+    for b, i in zip(blocks, net.scored_indices()):
+        assert BLOCK_KEYS <= set(b)
+        assert b["units"] == net.layers[i].units
+        assert b["status"] in ("optimal", "feasible_at_deadline")
+        assert b["variables"] >= b["units"] and b["seconds"] > 0
+        assert 0 <= b["head_accuracy"] <= 100
+    assert blocks[-1]["head"] == "network"  # the last block keeps the network's own output layer
+    json.dumps(result.report)  # the report stays JSON
+
+
+def test_output_layer_is_never_scored(decoupled_run):
+    name, result = decoupled_run
+    net, _ = load_network(MODELS / f"{name}.onnx")
+    assert sorted(result.scores) == net.scored_indices()
+    assert net.linear_indices()[-1] not in result.scores
+    assert result.report["layers"][-1]["scored"] is False
+    assert result.report["layers"][-1]["units_after"] == net.num_classes
+    # inside each block, only the block's own layer is scored: the head is the sub-network's output layer
+    blocks = split_blocks(net)
+    x = np.load(MODELS / f"{name}_calib.npz")
+    for block, head in zip(blocks, fit_heads(net, blocks, x["x"], x["y"])):
+        sub, _ = block_network(net, block, head)
+        assert sub.scored_indices() == [0]
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_one_and_two_workers_give_identical_scores(name):
+    net, x, y = case(name)
+    one = decoupled_scores(net, x, y, workers=1, time_limit=60)
+    two = decoupled_scores(net, x, y, workers=2, time_limit=60)
+    assert sorted(one.scores) == sorted(two.scores) == net.scored_indices()
+    for k in one.scores:
+        assert np.array_equal(one.scores[k], two.scores[k])
+    assert [b["name"] for b in one.blocks] == [b["name"] for b in two.blocks]
+    assert np.array_equal(one.calibration_indices, two.calibration_indices)
+
+
+def test_sub_network_reproduces_the_block_and_its_head():
+    """At every score 1 a block's sub-network on the layer's pre-activations gives its head's logits on the
+    full network's block output; for the last block, the network's own logits."""
+    net, x, y = case("digits_cnn")
+    blocks = split_blocks(net)
+    heads = fit_heads(net, blocks, x, y)
+    acts = net.activations(x[:20])
+    feats, logits = block_features(net, blocks[:-1], x[:20], [h.pool for h in heads[:-1]])
+    for j, (block, head) in enumerate(zip(blocks, heads)):
+        sub, radius = block_network(net, block, head)
+        assert radius > 0
+        got = sub.forward(acts[block.position])
+        want = logits if block.last else head.dense.forward(feats[j])
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    assert [h.kind for h in heads] == ["gap", "gap", "network"]
+
+
+def test_any_object_with_map_is_an_executor():
+    """The worker interface: a cluster backend only needs map(fn, tasks) returning results in order."""
+    net, x, y = case("digits_mlp")
+
+    class Recording:
+        def __init__(self):
+            self.tasks = []
+
+        def map(self, fn, tasks):
+            self.tasks = list(tasks)
+            return [fn(t) for t in reversed(self.tasks)]  # out of order on purpose: results are re-sorted
+
+    ex = Recording()
+    res = decoupled_scores(net, x, y, executor=ex, time_limit=60)
+    assert [t.name for t in ex.tasks] == [net.layers[i].name for i in net.scored_indices()]
+    assert all(isinstance(t, BlockTask) for t in ex.tasks)
+    ref = decoupled_scores(net, x, y, workers=1, time_limit=60)
+    for k in ref.scores:
+        assert np.array_equal(res.scores[k], ref.scores[k])
+
+
+def test_process_workers_match_threads():
+    net, x, y = case("digits_mlp")
+    with local_executor(2, "processes") as ex:
+        procs = decoupled_scores(net, x, y, executor=ex, time_limit=60)
+    threads = decoupled_scores(net, x, y, workers=2, time_limit=60)
+    for k in threads.scores:
+        assert np.array_equal(procs.scores[k], threads.scores[k])
+
+
+def test_global_deadline_splits_and_stops():
+    net, x, y = case("digits_cnn")
+    # 3 blocks on 2 workers: 2 rounds, each block may use half the limit
+    res = decoupled_scores(net, x, y, workers=2, time_limit=40)
+    assert {b["time_limit"] for b in res.blocks} <= {20.0}
+    # shares too short to start a solver: nothing is solved, the error says why and holds the record
+    with pytest.raises(SolveError, match="too short") as err:
+        decoupled_scores(net, x, y, workers=1, time_limit=0.9)
+    assert err.value.result.status == "no_solution"
+    assert [b["status"] for b in err.value.result.blocks] == ["no_solution"] * 3
+    # a block whose turn comes after the global deadline is not started
+    sub, _ = block_network(net, split_blocks(net)[0], fit_heads(net, split_blocks(net), x, y)[0])
+    late = solve_block(BlockTask(0, "b", 0, sub, np.zeros((1, *sub.input_shape)), np.zeros(1, int), {}, 10.0,
+                                 time.time() - 1.0))
+    assert late.status == "no_solution" and "global deadline" in late.message and late.scores is None
+
+
+def test_auto_picks_full_for_small_models_and_decoupled_for_large():
+    for name in ("digits_cnn", "digits_mlp"):
+        net, _, _ = case(name)
+        assert choose_mode(net, 10)[0] == "full"
+    big = Network([Conv("c", np.zeros((64, 3, 3, 3)), np.zeros(64), (3, 32, 32), pads=(1, 1, 1, 1)),
+                   Relu("r", (64, 32, 32)),
+                   Conv("o", np.zeros((4, 64, 32, 32)), np.zeros(4), (64, 32, 32))], "x", (3, 32, 32))
+    mode, why = choose_mode(big, 10)
+    assert mode == "decoupled" and f"{AUTO_ROWS:,}" in why
+
+
+def test_cli_mode_and_workers(tmp_path):
+    cnn = MODELS / "digits_cnn.onnx"
+    args = ["optimize", str(cnn), "--data", str(MODELS / "digits_cnn_calib.npz"), "--threshold", "0.1",
+            "--no-latency", "-q", "-o", str(tmp_path / "out.onnx"), "--report", str(tmp_path / "r.json")]
+    result = CliRunner().invoke(main, args + ["--mode", "decoupled", "--workers", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mode"] == "decoupled" and len(report["blocks"]) == 3
+    result = CliRunner().invoke(main, args, catch_exceptions=False)  # default: auto
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mode"] == "full" and report["blocks"] == [] and report["options"]["mode"] == "auto"
+    for bad in (["--workers", "0"], ["--mode", "fast"]):
+        result = CliRunner().invoke(main, args + bad, catch_exceptions=False)
+        assert result.exit_code == 2, result.output
