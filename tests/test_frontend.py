@@ -219,3 +219,65 @@ def test_random_mlps_match_onnxruntime(seed, hidden, style):
        kernel=st.sampled_from([1, 2, 3]), pad=st.integers(0, 1))
 def test_random_cnns_match_onnxruntime(seed, channels, pool, bn, kernel, pad):
     assert_matches_ort(cnn(channels=tuple(channels), pool=pool, bn=bn, seed=seed, kernel=kernel, pad=pad))
+
+
+# files written by the real exporters ----------------------------------------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+EXPORTED = sorted((ROOT / "tests" / "data").glob("*.onnx")) + sorted((ROOT / "models").glob("digits_*.onnx"))
+
+
+@pytest.mark.parametrize("path", EXPORTED, ids=lambda p: p.name)
+def test_exported_files_match_onnxruntime(path):
+    """torch legacy (Gemm, BatchNorm, Dropout, MatMul without bias), torch dynamo (external .data, Reshape with
+    allowzero), skl2onnx (MatMul+Add, Softmax/ArgMax/ArrayFeatureExtractor tail)."""
+    net, model = load_network(path)
+    sample = path.with_name(path.stem + "_x.npz")
+    x = np.load(sample)["x"] if sample.exists() else np.load(path.with_name(path.stem + "_eval.npz"))["x"][:64]
+    ref = run_tensors(model, net.input_name, x, [net.logits_name])[0]
+    np.testing.assert_allclose(net.forward(x), ref, atol=1e-5, rtol=0)
+
+
+def test_exporter_specifics_are_recognised():
+    bn_net, bn_model = load_network(ROOT / "tests" / "data" / "torch_legacy_cnn_bn.onnx")
+    assert sum(n.op_type == "BatchNormalization" for n in bn_model.graph.node) == 2
+    assert [l.kind for l in bn_net.layers if l.kind in ("conv", "dense")] == ["conv", "conv", "dense"]
+    skl_net, _ = load_network(ROOT / "tests" / "data" / "skl_mlp.onnx")
+    assert skl_net.tail_ops[0] == "Softmax" and "ArrayFeatureExtractor" in skl_net.tail_ops
+    dyn_net, dyn_model = load_network(ROOT / "tests" / "data" / "torch_dynamo_cnn.onnx")
+    reshape = [l for l in dyn_net.layers if l.kind == "reshape"][0]
+    assert reshape.shape_node is not None  # its target [-1, 64] spells out a unit count
+
+
+# layout no-ops --------------------------------------------------------------------------------------------------
+
+def _with_layout_ops(perm):
+    g = GraphBuilder((2, 4, 4))
+    g.conv(3, kernel=3, pad=1)
+    g.relu()
+    g.global_avgpool()  # [3, 1, 1]
+    g.node("Transpose", [], perm=perm)
+    g.shape = tuple(g.shape[p - 1] for p in perm[1:])
+    g.node("Squeeze", [g.const(np.array([2, 3], dtype=np.int64), "axes")])
+    g.shape = (3,)
+    g.node("Unsqueeze", [g.const(np.array([2], dtype=np.int64), "axes")])
+    g.node("Squeeze", [g.const(np.array([2], dtype=np.int64), "axes")])
+    g.dense(4)
+    return g.model()
+
+
+def test_squeeze_unsqueeze_and_layout_free_transpose():
+    net = assert_matches_ort(_with_layout_ops([0, 1, 3, 2]))  # swaps two size-1 axes: no data moves
+    assert [l.kind for l in net.layers].count("reshape") == 4
+
+
+def test_transpose_that_moves_data_is_refused():
+    g = GraphBuilder((2, 4, 4))
+    g.conv(3, kernel=3, pad=1)
+    g.relu()
+    g.node("Transpose", [], perm=[0, 2, 3, 1], prefix="to_nhwc")
+    g.shape = (4, 4, 3)
+    g.flatten()
+    g.dense(4)
+    with pytest.raises(UnsupportedModelError, match=r"Transpose node 'to_nhwc_\d+'.*changes the memory layout"):
+        to_network(g.model())
