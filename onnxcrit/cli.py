@@ -292,8 +292,12 @@ def _train(kind, model, data, eval_data, output, epochs, lr, batch_size, seed, q
             bar.update(task, completed=step, total=steps, loss=loss)
 
         fn = ft.finetune if kind == "finetune" else ft.retrain
-        result = fn(model, data, eval_data=eval_data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                    progress=progress, **extra)
+        try:
+            result = fn(model, data, eval_data=eval_data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                        progress=progress, **extra)
+        except BaseException:
+            bar.live.transient = True  # on failure the error line alone is the output
+            raise
     write_model(result.model, out, external_data=True if has_external_data(model) else None, input_path=model)
     if not quiet:
         con = console()

@@ -190,3 +190,41 @@ def test_formulation_variants_reach_the_solver(tmp_path):
     assert rows["paper"]["options"]["sparsity"] == "paper" and rows["paper"]["solver"]["variables"] > base["variables"]
     assert rows["margin"]["options"]["margin"] == 3.0
     assert rows["margin"]["params_after"] >= rows["base"]["params_after"]  # a larger margin never prunes more here
+
+
+def test_optimize_then_finetune_in_one_go(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx2torch")
+    out = tmp_path / "ft.onnx"
+    code, text = run("optimize", CNN, "--data", CNN_CAL, "--eval-data", CNN_EVAL, "--target-params", "0.5",
+                     "--finetune-data", CNN_CAL, "--finetune-epochs", "2", "-o", out, "--report", tmp_path / "r.json",
+                     "--no-latency", "-q")
+    assert code == 0, text
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["finetune"]["epochs"] == 2 and len(report["finetune"]["losses"]) == 2
+    net, proto = load_network(out)
+    assert report["params_after"] == sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+    # the written model is the fine-tuned one: its held-out accuracy is the one reported
+    ev = np.load(CNN_EVAL)
+    from onnxcrit.validate import run_tensors
+    logits = run_tensors(proto, net.input_name, ev["x"], [net.logits_name])[0]
+    assert abs(float(np.mean(logits.argmax(1) == ev["y"])) * 100 - report["accuracy_after"]) < 1e-3
+
+
+def test_finetune_and_retrain_commands(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx2torch")
+    pruned = tmp_path / "p.onnx"
+    assert run("optimize", CNN, "--data", CNN_CAL, "--target-params", "0.6", "-o", pruned, "--no-latency", "-q")[0] == 0
+    code, text = run("finetune", pruned, "--data", CNN_CAL, "--eval-data", CNN_EVAL, "--epochs", "1", "-o",
+                     tmp_path / "f.onnx")
+    assert code == 0 and "held-out accuracy" in text, text
+    code, text = run("retrain", pruned, "--data", CNN_CAL, "--epochs", "1", "--init", CNN, "-o", tmp_path / "r.onnx")
+    assert code == 0, text
+    for name in ("f.onnx", "r.onnx"):
+        net, proto = load_network(tmp_path / name)
+        assert [o.name for o in proto.graph.output] == ["logits"]
+    code, text = run("retrain", tmp_path / "f.onnx", "--data", CNN_CAL, "-o", tmp_path / "f.onnx")
+    assert code == 2 and "refusing to write over the input" in text
+    code, text = run("retrain", pruned, "--data", CNN_CAL, "--init", pruned, "-o", tmp_path / "x.onnx")
+    assert code == 2 and text.strip().startswith("onnxcrit: error:") and len(text.strip().splitlines()) == 1, text
