@@ -565,6 +565,8 @@ def to_network(model: onnx.ModelProto) -> Network:
                                             "layer (the last layer must be linear, e.g. no ReLU on the logits)")
             raise UnsupportedModelError(f"tensor '{walk.tensor}' is not used and is no output")
         if len(nodes) > 1:
+            nodes = _fold_shape_branch(walk, nodes)
+        if len(nodes) > 1:
             what = ", ".join(node_label(graph.node[i], i) for i in nodes)
             raise UnsupportedModelError(f"tensor '{walk.tensor}' feeds {len(nodes)} nodes ({what}): branching "
                                         "graphs (residual, concat) are not supported")
@@ -593,6 +595,70 @@ def to_network(model: onnx.ModelProto) -> Network:
     return Network(layers=walk.layers, input_name=vi.name, input_shape=tuple(shape),
                    input_dtype=np.dtype(_ELEM_TO_NUMPY[ttype.elem_type]), logits_name=walk.tensor,
                    output_names=tuple(o.name for o in graph.output), tail_ops=tuple(tail_ops))
+
+
+def _fold_shape_branch(walk: _Walk, nodes: list[int]) -> list[int]:
+    """torch's `x.view(x.size(0), -1)`: Shape(x) -> Gather -> Unsqueeze -> Concat -> Reshape(x, shape).
+
+    When every consumer but one Reshape is a Shape node, and the target shape computed from x's shape keeps the
+    batch axis first with fixed other entries, the target becomes a constant for the walk (the graph is left as
+    it is) and the shape nodes are marked as visited. Anything else is left for the branching refusal.
+    """
+    graph = walk.model.graph
+    shapes = [i for i in nodes if graph.node[i].op_type == "Shape"]
+    others = [i for i in nodes if i not in shapes]
+    if not shapes or len(others) != 1 or graph.node[others[0]].op_type != "Reshape":
+        return nodes
+    reshape = graph.node[others[0]]
+    if len(reshape.input) < 2 or reshape.input[1] in walk.consts:
+        return nodes
+    # the nodes computing the target shape from the Shape outputs and constants only
+    known = set(walk.consts)
+    branch, produced = [], set()
+    for i in shapes:
+        produced.update(graph.node[i].output)
+    for i, node in enumerate(graph.node):
+        if i in shapes or i in walk.visited or not node.input:
+            continue
+        if all(not name or name in produced or name in known for name in node.input) and \
+                any(name in produced for name in node.input):
+            branch.append(i)
+            produced.update(node.output)
+    if reshape.input[1] not in produced:
+        return nodes
+    targets = []
+    for batch in (1, 3):
+        try:
+            targets.append(_evaluate_shape(walk, shapes + branch, reshape.input[1], batch))
+        except Exception:  # noqa: BLE001 - anything the evaluator cannot do stays a branching refusal
+            return nodes
+    first, second = targets
+    if len(first) != len(second) or list(first[1:]) != list(second[1:]) or \
+            not ({int(first[0]), int(second[0])} <= {0, -1} or (first[0], second[0]) == (1, 3)):
+        return nodes
+    rest = [int(v) for v in first[1:]]
+    if any(v > 0 for v in rest):
+        raise UnsupportedModelError(f"{node_label(reshape)}: its target shape is computed and spells out sizes "
+                                    f"{rest}, which onnxcrit could not update after removing units")
+    walk.consts[reshape.input[1]] = np.array([0, *rest], dtype=np.int64)
+    walk.visited.update(shapes + branch)
+    return others
+
+
+def _evaluate_shape(walk: _Walk, node_ids: list[int], output: str, batch: int) -> np.ndarray:
+    """Run the shape-computing nodes for an input of shape [batch, *walk.shape] with onnx's reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+
+    graph = walk.model.graph
+    nodes = [graph.node[i] for i in sorted(node_ids)]
+    needed = {name for node in nodes for name in node.input if name in walk.consts}
+    inits = [numpy_helper.from_array(np.asarray(walk.consts[name]), name) for name in sorted(needed)]
+    x = onnx.helper.make_tensor_value_info(walk.tensor, onnx.TensorProto.FLOAT, [batch, *walk.shape])
+    out = onnx.helper.make_tensor_value_info(output, onnx.TensorProto.INT64, None)
+    sub = onnx.helper.make_model(onnx.helper.make_graph(nodes, "shape", [x], [out], inits),
+                                 opset_imports=list(walk.model.opset_import))
+    value = ReferenceEvaluator(sub).run(None, {walk.tensor: np.zeros((batch, *walk.shape), np.float32)})[0]
+    return np.asarray(value).reshape(-1)
 
 
 def _why_unsupported(op: str) -> str:

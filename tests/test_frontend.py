@@ -281,3 +281,33 @@ def test_transpose_that_moves_data_is_refused():
     g.dense(4)
     with pytest.raises(UnsupportedModelError, match=r"Transpose node 'to_nhwc_\d+'.*changes the memory layout"):
         to_network(g.model())
+
+
+def _view_model(rest):
+    """Shape -> Gather -> Unsqueeze -> Concat(rest) -> Reshape, as torch writes x.view(x.size(0), ...)."""
+    g = GraphBuilder((2, 4, 4))
+    g.conv(3, kernel=3, pad=1)
+    g.relu()
+    x = g.tensor
+    g.nodes += [
+        helper.make_node("Shape", [x], ["shp"], name="shape"),
+        helper.make_node("Gather", ["shp", g.const(np.array(0, dtype=np.int64), "idx")], ["n"], name="gather", axis=0),
+        helper.make_node("Unsqueeze", ["n", g.const(np.array([0], dtype=np.int64), "ax")], ["n1"], name="unsq"),
+        helper.make_node("Concat", ["n1", g.const(np.array(rest, dtype=np.int64), "rest")], ["target"], name="cat",
+                         axis=0),
+        helper.make_node("Reshape", [x, "target"], ["flat"], name="view"),
+    ]
+    g.tensor, g.shape = "flat", (48,)
+    g.dense(5)
+    return g.model()
+
+
+def test_view_with_computed_batch_is_a_flatten():
+    net = assert_matches_ort(_view_model([-1]))
+    reshape = [l for l in net.layers if l.kind == "reshape"][0]
+    assert reshape.out_shape == (48,) and reshape.shape_node is None
+
+
+def test_view_with_computed_sizes_is_refused():
+    with pytest.raises(UnsupportedModelError, match=r"Reshape node 'view'.*computed and spells out sizes \[48\]"):
+        to_network(_view_model([48]))

@@ -16,6 +16,7 @@ Files (see tools/EXPORTERS.md for what each exporter emits):
 4. torch_dynamo_cnn.onnx(.data)  digits CNN (tools/make_examples.py), dynamo, external data
 5. skl_mlp.onnx                  sklearn MLPClassifier(32, 16) via skl2onnx, no ZipMap
 6. torch_legacy_mlp_nobias.onnx  Linear(64,32,bias=False)/ReLU/Linear(32,10,bias=False)
+7. torch_legacy_cnn_view.onnx    conv/relu/maxpool, x.view(x.size(0), -1), two Linear (Shape/Concat/Reshape)
 
 Torch models are random-init (seeded); BatchNorm statistics and affine
 parameters are set to random non-trivial values so that a wrong BN fold
@@ -175,6 +176,22 @@ def nobias_mlp() -> nn.Sequential:
     )
 
 
+class ViewCNN(nn.Module):
+    """Flattens with x.view(x.size(0), -1): the legacy exporter writes Shape/Gather/Unsqueeze/Concat/Reshape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(64, 16)
+        self.fc2 = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv(x)))
+        x = x.view(x.size(0), -1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
 def sklearn_mlp(path: str):
     """Train MLPClassifier on digits, convert with skl2onnx; return (x, clf)."""
     from skl2onnx import to_onnx
@@ -313,6 +330,13 @@ def main(argv=None) -> int:
     x = samples((-1, 64))
     export_legacy(m, x, p("torch_legacy_mlp_nobias.onnx"))
     written.append(("torch_legacy_mlp_nobias.onnx", m, x))
+
+    # 7. legacy CNN flattening with x.view(x.size(0), -1) (a Shape branch computing the Reshape target)
+    torch.manual_seed(SEED + 6)
+    m = ViewCNN().eval()
+    x = samples((-1, 1, 8, 8))
+    export_legacy(m, x, p("torch_legacy_cnn_view.onnx"))
+    written.append(("torch_legacy_cnn_view.onnx", m, x))
 
     for name, model, x in written:
         path = p(name)
