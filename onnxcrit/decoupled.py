@@ -4,8 +4,9 @@ A block is a scored linear layer with what follows it up to the next linear laye
 reshapes before the next linear layer belong to that layer's input. For each block:
 
 1. Head. A multinomial logistic regression (numpy + scipy L-BFGS) on the block's output over the whole
-   user data file: for conv blocks on the global average of each channel (`head="gap"`) or on the map
-   average-pooled to 2 x 2 (`head="pool2"`). The last block needs no fitted head: the network's own
+   user data file: for conv blocks on the global average of each channel (`head="gap"`, the default) or on
+   the map average-pooled to 2 x 2 (`head="pool2"`: more accurate heads on early blocks, but masks no better
+   on VGG-11, tools/results/bench_vgg_heads.md). The last block needs no fitted head: the network's own
    output layer follows it, so its sub-network is the network's exact tail.
 2. Sub-network. input = the scored layer's pre-activations on the calibration images (the unpruned
    network's, so the blocks are independent), a 1 x 1 identity Conv / identity Dense that carries the
@@ -46,9 +47,11 @@ from .scoring import ScoreResult, compute_scores
 MODES = ("full", "decoupled", "auto")
 HEADS = ("gap", "pool2")
 EXECUTORS = ("threads", "processes", "serial")
-# auto picks decoupled above this many (calibration image, activation element) pairs of the scored
-# layers; measured in tools/bench_vgg.py (LeNet-5: 47k, full MIP ~10 s; VGG-11 at 32 x 32: 1.5M)
-AUTO_ROWS = 100_000
+# auto picks decoupled when the full MIP would multiply more than this many weights (calibration images x
+# MACs per image): the full build holds the linear maps of every image (sparse Kronecker products), and its
+# memory and time grow with it. Measured on LeNet-5 (tools/bench_vgg.py, LP): 2.8M -> 0.7 s, 0.2 GB;
+# 56M -> 9.5 s, 1.2 GB (about 20 MB per million); VGG-11 at 32 x 32 with 10 images: 1.5G, about 30 GB.
+AUTO_MACS = 100_000_000
 MIN_SOLVE_SECONDS = 0.5  # a block with less time than this is not started (a solver process takes ~0.3 s)
 # worse statuses last: the merged status is the worst block's
 _STATUS_ORDER = ("optimal", "feasible_at_deadline", "no_solution", "infeasible")
@@ -80,18 +83,18 @@ def split_blocks(net: Network) -> list[Block]:
     return blocks
 
 
-def problem_rows(net: Network, num_samples: int) -> int:
-    """Size measure of the full MIP: calibration images x output elements of the scored layers."""
-    return int(num_samples) * sum(int(np.prod(net.layers[k].out_shape)) for k in net.scored_indices())
+def full_problem_size(net: Network, num_samples: int) -> int:
+    """Size measure of the full MIP: calibration images x multiply-accumulates per image."""
+    return int(num_samples) * int(net.macs)
 
 
 def choose_mode(net: Network, num_samples: int) -> tuple[str, str]:
     """("full" | "decoupled", why) for mode auto."""
-    rows = problem_rows(net, num_samples)
-    if rows > AUTO_ROWS:
-        return "decoupled", (f"{rows:,} (image, unit output) pairs in the scored layers, above {AUTO_ROWS:,}: "
-                             f"one MIP per block")
-    return "full", f"{rows:,} (image, unit output) pairs in the scored layers, at most {AUTO_ROWS:,}: one MIP"
+    size = full_problem_size(net, num_samples)
+    what = f"{num_samples} calibration images x {net.macs:,} MACs = {size:,}"
+    if size > AUTO_MACS:
+        return "decoupled", f"{what}, above {AUTO_MACS:,}: one MIP per block"
+    return "full", f"{what}, at most {AUTO_MACS:,}: one MIP"
 
 
 def default_workers() -> int:
@@ -161,28 +164,37 @@ def fit_logistic(features: np.ndarray, y: np.ndarray, classes: int, l2: float = 
     return W, b
 
 
-def block_features(net: Network, blocks: list[Block], x: np.ndarray, pools: list[list],
-                   batch_size: int = 64) -> tuple[list[np.ndarray], np.ndarray]:
-    """Head features of every block over the images x, and the network's logits, in one pass streamed
-    in batches (only the pooled maps stay in memory)."""
+def block_features(net: Network, blocks: list[Block], x: np.ndarray, pools: list[list], batch_size: int = 64,
+                   workers: int = 1) -> tuple[list[np.ndarray], np.ndarray]:
+    """Head features of every block over the images x, and the network's logits, in one pass streamed in
+    batches (only the pooled maps stay in memory). Batches go to `workers` threads (numpy's kernels release
+    the GIL: 1.8x with 2 threads measured on VGG-11); the result does not depend on `workers`."""
     ends = {b.stop - 1: j for j, b in enumerate(blocks)}
-    out: list[list[np.ndarray]] = [[] for _ in blocks]
-    logits = []
-    for start in range(0, len(x), batch_size):
+
+    def one_batch(start: int):
         h = np.asarray(x[start:start + batch_size], dtype=np.float64).reshape(-1, *net.input_shape)
+        feats = [None] * len(blocks)
         for i, layer in enumerate(net.layers):
             h = layer.forward(h)
             if i in ends:
                 f = h
                 for p in pools[ends[i]]:
                     f = p.forward(f)
-                out[ends[i]].append(f)
-        logits.append(h)
-    return [np.concatenate(chunks, axis=0) for chunks in out], np.concatenate(logits, axis=0)
+                feats[ends[i]] = f
+        return feats, h
+
+    starts = range(0, len(x), batch_size)
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxcrit-features") as pool:
+            parts = list(pool.map(one_batch, starts))
+    else:
+        parts = [one_batch(s) for s in starts]
+    features = [np.concatenate([p[0][j] for p in parts], axis=0) for j in range(len(blocks))]
+    return features, np.concatenate([p[1] for p in parts], axis=0)
 
 
 def fit_heads(net: Network, blocks: list[Block], x: np.ndarray, y: np.ndarray, kind: str = "gap",
-              batch_size: int = 64) -> list[Head]:
+              batch_size: int = 64, workers: int = 1) -> list[Head]:
     """A head per block: fitted for all but the last, whose head is the network's own output layer."""
     pools, kinds = [], []
     for b in blocks:
@@ -190,7 +202,8 @@ def fit_heads(net: Network, blocks: list[Block], x: np.ndarray, y: np.ndarray, k
         pools.append(layers)
         kinds.append(used)
     fitted = [j for j, b in enumerate(blocks) if not b.last]
-    feats, logits = block_features(net, [blocks[j] for j in fitted], x, [pools[j] for j in fitted], batch_size)
+    feats, logits = block_features(net, [blocks[j] for j in fitted], x, [pools[j] for j in fitted], batch_size,
+                                   workers)
     classes = net.num_classes
     y = np.asarray(y, dtype=np.int64)
     heads: list[Head] = []
@@ -302,13 +315,47 @@ def local_executor(workers: int, kind: str = "threads"):
     if workers == 1 or kind == "serial":
         yield SerialExecutor()
     elif kind == "threads":
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxcrit-block") as pool:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxcrit-block")
+        try:
             yield pool
+        except BaseException:  # Ctrl-C: drop the queued blocks and stop the running solves now
+            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_solvers()
+            raise
+        finally:
+            pool.shutdown(wait=True)
     else:
         import multiprocessing
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             yield pool
+
+
+def _stop_solvers() -> None:
+    """Kill the solver processes this process started (each leads its own process group, see solve.py).
+
+    Worker threads wait on their solver until its deadline; a KeyboardInterrupt reaches the main thread
+    only, so without this an interrupted run would wait for every running solve. Linux (/proc) only.
+    """
+    import signal
+
+    me = os.getpid()
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            if parent != me:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"onnxcrit.solve" not in f.read():
+                    continue
+            os.killpg(int(entry), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -356,7 +403,7 @@ def decoupled_scores(net: Network, x: np.ndarray, y: np.ndarray, *, eps: float =
     blocks = split_blocks(net)
     if not blocks:
         raise InputError("the network has no prunable layer (only the output layer)")
-    heads = fit_heads(net, blocks, x, y, head, batch_size)
+    heads = fit_heads(net, blocks, x, y, head, batch_size, workers)
     acts = net.activations(x[indices])
     ys = y[indices]
     options = dict(lam=lam, loss=loss, margin=margin, sparsity=sparsity, relax=relax, seed=seed, solver=solver)
@@ -399,8 +446,9 @@ def _merge(net, results, heads, indices, skipped, prep_seconds, wall, workers, h
     known = [r for r in results if r.objective is not None]
     message = "; ".join(f"block '{r.name}': {r.message}" for r in failed)
     if failed and status == "no_solution":
-        message += (f"; each block's solve had {results[0].time_limit if results else 0:.3g} s at most of "
-                    f"time_limit={time_limit:g} s ({workers} workers): raise time_limit or workers, or use relax=True")
+        share = time_limit / math.ceil(len(results) / workers)
+        message += (f"; each block's solve may take {share:.3g} s of time_limit={time_limit:g} s "
+                    f"({len(results)} blocks on {workers} workers): raise time_limit or workers, or relax")
     out = DecoupledScoreResult(
         scores={r.position: r.scores for r in results if r.scores is not None}, status=status,
         objective=sum(r.objective for r in known) if len(known) == len(results) else None,

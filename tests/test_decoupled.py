@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,11 +16,13 @@ from click.testing import CliRunner
 
 from onnxcrit import api
 from onnxcrit.cli import main
-from onnxcrit.decoupled import (AUTO_ROWS, BlockTask, block_features, block_network, choose_mode, decoupled_scores,
+from onnxcrit.decoupled import (AUTO_MACS, BlockTask, block_features, block_network, choose_mode, decoupled_scores,
                                 fit_heads, local_executor, solve_block, split_blocks)
 from onnxcrit.errors import SolveError
 from onnxcrit.frontend import load_network
 from onnxcrit.ir import Conv, Network, Relu
+
+from .test_hardening import _descendants, _state
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -130,12 +136,23 @@ def test_any_object_with_map_is_an_executor():
 
 
 def test_process_workers_match_threads():
-    net, x, y = case("digits_mlp")
-    with local_executor(2, "processes") as ex:
-        procs = decoupled_scores(net, x, y, executor=ex, time_limit=60)
-    threads = decoupled_scores(net, x, y, workers=2, time_limit=60)
-    for k in threads.scores:
-        assert np.array_equal(procs.scores[k], threads.scores[k])
+    # in a child interpreter: a process pool leaves multiprocessing's resource tracker running until exit
+    code = f"""
+import numpy as np
+from onnxcrit.decoupled import decoupled_scores, local_executor
+from onnxcrit.frontend import load_network
+net, _ = load_network({str(MODELS / "digits_mlp.onnx")!r})
+d = np.load({str(MODELS / "digits_mlp_calib.npz")!r})
+with local_executor(2, "processes") as ex:
+    procs = decoupled_scores(net, d["x"], d["y"], executor=ex, time_limit=60)
+threads = decoupled_scores(net, d["x"], d["y"], workers=2, time_limit=60)
+assert sorted(procs.scores) == sorted(threads.scores) == net.scored_indices()
+assert all(np.array_equal(procs.scores[k], threads.scores[k]) for k in threads.scores)
+print("same")
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stderr[-2000:]
 
 
 def test_global_deadline_splits_and_stops():
@@ -159,11 +176,12 @@ def test_auto_picks_full_for_small_models_and_decoupled_for_large():
     for name in ("digits_cnn", "digits_mlp"):
         net, _, _ = case(name)
         assert choose_mode(net, 10)[0] == "full"
-    big = Network([Conv("c", np.zeros((64, 3, 3, 3)), np.zeros(64), (3, 32, 32), pads=(1, 1, 1, 1)),
-                   Relu("r", (64, 32, 32)),
-                   Conv("o", np.zeros((4, 64, 32, 32)), np.zeros(4), (64, 32, 32))], "x", (3, 32, 32))
+    # one VGG-style layer at CIFAR size: 64 -> 128 channels, 3 x 3, on 16 x 16 (19M MACs per image)
+    big = Network([Conv("c", np.zeros((128, 64, 3, 3)), np.zeros(128), (64, 16, 16), pads=(1, 1, 1, 1)),
+                   Relu("r", (128, 16, 16)),
+                   Conv("o", np.zeros((4, 128, 16, 16)), np.zeros(4), (128, 16, 16))], "x", (64, 16, 16))
     mode, why = choose_mode(big, 10)
-    assert mode == "decoupled" and f"{AUTO_ROWS:,}" in why
+    assert mode == "decoupled" and f"{AUTO_MACS:,}" in why
 
 
 def test_cli_mode_and_workers(tmp_path):
@@ -181,3 +199,44 @@ def test_cli_mode_and_workers(tmp_path):
     for bad in (["--workers", "0"], ["--mode", "fast"]):
         result = CliRunner().invoke(main, args + bad, catch_exceptions=False)
         assert result.exit_code == 2, result.output
+
+
+HARD = ["--num-samples", "100", "--eps", "0.01", "--threshold", "0.1", "--mip"]  # conv1's block: > 15 s
+
+
+def test_cli_global_deadline_holds(tmp_path):
+    limit = 4.0
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, ["optimize", str(MODELS / "digits_cnn.onnx"), "--data",
+                                       str(MODELS / "digits_cnn_calib.npz"), *HARD, "--mode", "decoupled",
+                                       "--workers", "2", "--time-limit", str(limit), "-o", str(tmp_path / "o.onnx")],
+                                catch_exceptions=False)
+    elapsed = time.perf_counter() - start
+    assert result.exit_code == 1, result.output
+    assert "/conv1/Conv" in result.output  # the error names the block without a solution
+    assert elapsed < limit * 1.1 + 4.0, elapsed  # heads and builds come on top of the solves' limit
+    assert not (tmp_path / "o.onnx").exists()
+    assert [p for p in _descendants(os.getpid()) if _state(p) not in ("Z", "gone")] == []
+
+
+def test_ctrl_c_stops_running_block_solves(tmp_path):
+    exe = Path(sys.executable).parent / "onnxcrit"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "onnxcrit.cli"]
+    proc = subprocess.Popen([*cmd, "optimize", str(MODELS / "digits_cnn.onnx"), "--data",
+                             str(MODELS / "digits_cnn_calib.npz"), *HARD, "--mode", "decoupled", "--workers", "2",
+                             "--time-limit", "120", "-o", str(tmp_path / "o.onnx")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(_descendants(proc.pid)) < 2:  # both workers' solvers running
+        time.sleep(0.2)
+    children = _descendants(proc.pid)
+    assert children, "no solver process started"
+    time.sleep(0.5)
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert time.perf_counter() - sent < 10  # not the 60 s each block's solve was allowed
+    assert proc.returncode != 0 and "interrupted" in stderr and "Traceback" not in stderr
+    assert os.listdir(tmp_path) == []
+    time.sleep(0.5)
+    assert [p for p in children if Path(f"/proc/{p}").exists() and "Z" not in _state(p)] == []
