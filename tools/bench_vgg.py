@@ -295,7 +295,7 @@ def _child_heads(spec: dict) -> dict:
                 counts = {i: int(k.sum()) for i, k in keep.items()}
                 top = {i: np.isin(np.arange(len(s)), np.argsort(-s, kind="stable")[:counts[i]]).astype(float)
                        for i, s in mag.items()}
-                row[frac] = (select.accuracy(net, ev["x"], ev["y"], sel.scales),
+                row[str(frac)] = (select.accuracy(net, ev["x"], ev["y"], sel.scales),
                              select.accuracy(net, ev["x"], ev["y"], top))
             rows.append(row)
     return {"rows": rows, "base": select.accuracy(net, ev["x"], ev["y"])}
@@ -305,7 +305,7 @@ def heads_table(result: dict, fractions) -> str:
     out = ["| head | N | " + " | ".join(f"params <= {f:.0%}: MIP / magnitude" for f in fractions)
            + " | head accuracy per block (fit data) |", "|" + "---|" * (3 + len(fractions))]
     for r in result["rows"]:
-        cells = " | ".join(f"{r[f][0]:.2f} / {r[f][1]:.2f}" for f in fractions)
+        cells = " | ".join(f"{r[str(f)][0]:.2f} / {r[str(f)][1]:.2f}" for f in fractions)
         out.append(f"| {r['head']} | {r['N']} | {cells} | {', '.join(f'{a:.0f}' for a in r['head_acc'])} |")
     return "\n".join(out) + "\n"
 
