@@ -258,27 +258,19 @@ class BlockTask:
 
 @dataclass
 class BlockResult:
+    """One block's outcome: where it sits, how long it took, and its solve's own record (block layer at key 0)."""
+
     index: int
     name: str
     position: int
     units: int
-    scores: np.ndarray | None
-    status: str
-    objective: float | None
-    bound: float | None
-    gap: float | None
-    variables: int
-    binaries: int
-    constraints: int
-    nonzeros: int
-    build_seconds: float
-    solve_seconds: float
     seconds: float
     time_limit: float
-    solver: str
-    message: str
-    unit_stats: dict = field(default_factory=dict)
-    binaries_by_origin: dict = field(default_factory=dict)
+    record: ScoreResult
+
+    @property
+    def scores(self) -> np.ndarray | None:
+        return self.record.scores.get(0)
 
 
 def solve_block(task: BlockTask) -> BlockResult:
@@ -289,15 +281,15 @@ def solve_block(task: BlockTask) -> BlockResult:
     if limit < MIN_SOLVE_SECONDS:  # not enough time left to start a solver process
         why = ("the global deadline had passed" if task.deadline - time.time() < MIN_SOLVE_SECONDS
                else f"its share of the time limit ({task.share:.3g} s) is too short")
-        return BlockResult(task.index, task.name, task.position, units, None, "no_solution", None, None, None,
-                           0, 0, 0, 0, 0.0, 0.0, 0.0, max(limit, 0.0), task.options.get("solver", "auto"),
-                           f"not solved: {why}")
-    r = compute_scores(task.network, task.x, task.y, calibration=np.arange(len(task.x)), time_limit=limit,
-                       raise_on_failure=False, **task.options)
-    return BlockResult(task.index, task.name, task.position, units, r.scores.get(0), r.status, r.objective, r.bound,
-                       r.gap, r.variables, r.binaries, r.constraints, r.nonzeros, r.build_seconds, r.solve_seconds,
-                       time.perf_counter() - start, limit, r.solver, r.message, r.unit_stats.get(0, {}),
-                       r.binaries_by_origin)
+        record = ScoreResult(scores={}, status="no_solution", objective=None, bound=None, gap=None, variables=0,
+                             binaries=0, constraints=0, nonzeros=0, build_seconds=0.0, solve_seconds=0.0,
+                             calibration_indices=np.arange(len(task.x)), skipped=[],
+                             solver=task.options.get("solver", "auto"), relaxed=bool(task.options.get("relax")),
+                             message=f"not solved: {why}")
+        return BlockResult(task.index, task.name, task.position, units, 0.0, max(limit, 0.0), record)
+    record = compute_scores(task.network, task.x, task.y, calibration=np.arange(len(task.x)), time_limit=limit,
+                            raise_on_failure=False, **task.options)
+    return BlockResult(task.index, task.name, task.position, units, time.perf_counter() - start, limit, record)
 
 
 class SerialExecutor:
@@ -431,34 +423,35 @@ def decoupled_scores(net: Network, x: np.ndarray, y: np.ndarray, *, eps: float =
 def _merge(net, results, heads, indices, skipped, prep_seconds, wall, workers, head, relax, time_limit,
            raise_on_failure) -> DecoupledScoreResult:
     results = sorted(results, key=lambda r: r.index)
-    status = max((r.status for r in results), key=_STATUS_ORDER.index)
+    records = [r.record for r in results]
+    status = max((rec.status for rec in records), key=_STATUS_ORDER.index)
     failed = [r for r in results if r.scores is None]
     rows = []
     for r, h in zip(results, heads):
-        rows.append({"name": r.name, "units": r.units, "variables": r.variables, "binaries": r.binaries,
-                     "constraints": r.constraints, "status": r.status, "seconds": round(r.seconds, 3),
+        rows.append({"name": r.name, "units": r.units, "variables": r.record.variables,
+                     "binaries": r.record.binaries, "constraints": r.record.constraints, "status": r.record.status, "seconds": round(r.seconds, 3),
                      "time_limit": round(r.time_limit, 3), "head": h.kind,
                      "head_accuracy": round(h.accuracy, 4)})
     origins: dict[str, int] = {}
-    for r in results:
-        for k, v in r.binaries_by_origin.items():
+    for rec in records:
+        for k, v in rec.binaries_by_origin.items():
             origins[k] = origins.get(k, 0) + int(v)
-    known = [r for r in results if r.objective is not None]
-    message = "; ".join(f"block '{r.name}': {r.message}" for r in failed)
+    known = [rec for rec in records if rec.objective is not None]
+    message = "; ".join(f"block '{r.name}': {r.record.message}" for r in failed)
     if failed and status == "no_solution":
         share = time_limit / math.ceil(len(results) / workers)
         message += (f"; each block's solve may take {share:.3g} s of time_limit={time_limit:g} s "
                     f"({len(results)} blocks on {workers} workers): raise time_limit or workers, or relax")
     out = DecoupledScoreResult(
         scores={r.position: r.scores for r in results if r.scores is not None}, status=status,
-        objective=sum(r.objective for r in known) if len(known) == len(results) else None,
-        bound=sum(r.bound for r in results) if all(r.bound is not None for r in results) else None,
-        gap=max((r.gap for r in results if r.gap is not None), default=None),
-        variables=sum(r.variables for r in results), binaries=sum(r.binaries for r in results),
-        constraints=sum(r.constraints for r in results), nonzeros=sum(r.nonzeros for r in results),
+        objective=sum(rec.objective for rec in known) if len(known) == len(records) else None,
+        bound=sum(rec.bound for rec in records) if all(rec.bound is not None for rec in records) else None,
+        gap=max((rec.gap for rec in records if rec.gap is not None), default=None),
+        variables=sum(rec.variables for rec in records), binaries=sum(rec.binaries for rec in records),
+        constraints=sum(rec.constraints for rec in records), nonzeros=sum(rec.nonzeros for rec in records),
         build_seconds=prep_seconds, solve_seconds=wall, calibration_indices=np.asarray(indices), skipped=skipped,
-        solver=",".join(sorted({r.solver for r in results})), relaxed=relax, message=message,
-        unit_stats={r.position: r.unit_stats for r in results}, binaries_by_origin=origins, blocks=rows,
+        solver=",".join(sorted({rec.solver for rec in records})), relaxed=relax, message=message,
+        unit_stats={r.position: r.record.unit_stats.get(0, {}) for r in results}, binaries_by_origin=origins, blocks=rows,
         workers=workers, head=head)
     if raise_on_failure and not out.ok:
         err = SolveError(message or f"decoupled solve ended with status {status}")

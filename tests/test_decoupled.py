@@ -169,7 +169,7 @@ def test_global_deadline_splits_and_stops():
     sub, _ = block_network(net, split_blocks(net)[0], fit_heads(net, split_blocks(net), x, y)[0])
     late = solve_block(BlockTask(0, "b", 0, sub, np.zeros((1, *sub.input_shape)), np.zeros(1, int), {}, 10.0,
                                  time.time() - 1.0))
-    assert late.status == "no_solution" and "global deadline" in late.message and late.scores is None
+    assert late.record.status == "no_solution" and "global deadline" in late.record.message and late.scores is None
 
 
 def test_auto_picks_full_for_small_models_and_decoupled_for_large():
