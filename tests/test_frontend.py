@@ -223,8 +223,7 @@ def test_random_cnns_match_onnxruntime(seed, channels, pool, bn, kernel, pad):
 
 # files written by the real exporters ----------------------------------------------------------------------------
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-EXPORTED = sorted((ROOT / "tests" / "data").glob("*.onnx")) + sorted((ROOT / "models").glob("digits_*.onnx"))
+from .corpus import EXPORTED, ROOT  # noqa: E402
 
 
 @pytest.mark.parametrize("path", EXPORTED, ids=lambda p: p.name)

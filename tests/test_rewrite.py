@@ -20,8 +20,7 @@ from onnxcrit.validate import run_tensors
 
 from .onnx_builders import GraphBuilder, cnn, mlp, sample_inputs
 
-ROOT = Path(__file__).resolve().parents[1]
-EXPORTED = sorted((ROOT / "tests" / "data").glob("*.onnx")) + sorted((ROOT / "models").glob("*.onnx"))
+from .corpus import EXPORTED, ROOT  # noqa: E402
 
 
 def inputs_for(path: Path) -> dict:

@@ -19,7 +19,7 @@ from onnxcrit.validate import check_rewrite
 
 from .onnx_builders import cnn, mlp, sample_inputs
 
-ROOT = Path(__file__).resolve().parents[1]
+from .corpus import EXPORTED, ROOT  # noqa: E402
 
 
 def digits(kind):
@@ -135,8 +135,7 @@ def test_large_models_go_through_files(monkeypatch, tmp_path):
 
 # measure ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", sorted((ROOT / "tests" / "data").glob("*.onnx")) +
-                         sorted((ROOT / "models").glob("*.onnx")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", EXPORTED, ids=lambda p: p.name)
 def test_stored_params_equal_the_files_float_tensors(path):
     net, model = load_network(path)
     floats = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
