@@ -23,10 +23,13 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(HERE, "bench"))
 
 from onnxcrit import select  # noqa: E402
 from onnxcrit.frontend import load_network  # noqa: E402
 from onnxcrit.scoring import compute_scores, masks_from_scores  # noqa: E402
+from methods import keep_top  # noqa: E402
+import models  # noqa: E402
 
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist.npz")
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "onnxcrit")
@@ -36,40 +39,6 @@ RANDOM_SEEDS = 5
 
 # --------------------------------------------------------------------------------------------------
 # models and data
-
-
-def lenet5_onnx(path: str, epochs: int = 2, seed: int = 0) -> None:
-    """Train LeNet-5 on MNIST (x / 255) with torch and export it with the legacy exporter."""
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    torch.manual_seed(seed)
-    torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True)
-    d = np.load(MNIST)
-    x = torch.from_numpy((d["x_train"][:, None] / 255.0).astype(np.float32))
-    y = torch.from_numpy(d["y_train"].astype(np.int64))
-    model = nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 64):
-            b = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(x[b]), y[b]).backward()
-            opt.step()
-    model.eval()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.onnx.export(model, (x[:1],), tmp, dynamo=False, opset_version=17, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    os.replace(tmp, path)
 
 
 def load_case(name: str):
@@ -83,7 +52,7 @@ def load_case(name: str):
         path = os.path.join(CACHE, "bench_scores_lenet5_mnist.onnx")
         if not os.path.exists(path):
             t = time.perf_counter()
-            lenet5_onnx(path)
+            models.train_and_export("lenet5", path, train=60_000, epochs=2)  # all 60,000 images
             print(f"trained and exported LeNet-5 to {path} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         net, _ = load_network(path)
         d = np.load(MNIST)
@@ -93,32 +62,7 @@ def load_case(name: str):
 
 
 # --------------------------------------------------------------------------------------------------
-# baselines
-
-
-def magnitude_scores(net) -> dict[int, np.ndarray]:
-    """Per unit: L1 norm of its incoming weights times L1 norm of its outgoing weights."""
-    linear = net.linear_indices()
-    out = {}
-    for i in net.scored_indices():
-        layer, nxt = net.layers[i], net.layers[linear[linear.index(i) + 1]]
-        incoming = np.abs(layer.weight).reshape(layer.units, -1).sum(axis=1)
-        w = np.abs(nxt.weight)
-        if nxt.kind == "conv":
-            outgoing = w.sum(axis=(0, 2, 3))
-        else:  # dense after a flatten: each unit owns a contiguous block of inputs
-            outgoing = w.reshape(w.shape[0], layer.units, -1).sum(axis=(0, 2))
-        out[i] = incoming * outgoing
-    return out
-
-
-def keep_top(scores: dict[int, np.ndarray], counts: dict[int, int]) -> dict[int, np.ndarray]:
-    keep = {}
-    for i, s in scores.items():
-        k = np.zeros(len(s), bool)
-        k[np.argsort(-s, kind="stable")[:counts[i]]] = True
-        keep[i] = k
-    return keep
+# baselines (the criteria and keep_top are shared with the suite in tools/bench/)
 
 
 def as_scales(keep):
@@ -137,7 +81,7 @@ def run_case(name: str, options: dict, threshold: float = 0.1, label: str = "") 
     counts = {i: int(k.sum()) for i, k in keep.items()}
     acc_mip = select.accuracy(net, x_ev, y_ev, scales)
     acc_mip01 = select.accuracy(net, x_ev, y_ev, as_scales(keep))
-    acc_mag = select.accuracy(net, x_ev, y_ev, as_scales(keep_top(magnitude_scores(net), counts)))
+    acc_mag = select.accuracy(net, x_ev, y_ev, as_scales(keep_top(select.magnitude(net), counts)))
     accs = []
     for seed in range(RANDOM_SEEDS):
         rng = np.random.default_rng(seed)
@@ -188,11 +132,11 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", action="store_true", help="also the comparisons behind the defaults")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args(argv)
-    models = args.models.split(",")
+    names = args.models.split(",")
     t0 = time.perf_counter()
     configs = CONFIGS + (VARIANTS if args.variants else [])
-    rows = [run_case(m, dict(time_limit=300.0, **opts), thr, label) for label, opts, thr in configs for m in models]
-    rows.sort(key=lambda r: models.index(r["model"]))
+    rows = [run_case(m, dict(time_limit=300.0, **opts), thr, label) for label, opts, thr in configs for m in names]
+    rows.sort(key=lambda r: names.index(r["model"]))
     text = ["Options not named: eps 1e-5, lambda 5, hinge loss, LP relaxation by HiGHS interior point, 1 thread, "
             "calibration images "
             "balanced over classes and correctly classified (seed 0). MIP mask deployed with its scores folded "

@@ -41,6 +41,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+from models import fit  # noqa: E402
 from onnxcrit.data import Dataset  # noqa: E402
 from onnxcrit.finetune import accuracy, retrain, sliced_weights, write_kept_units, write_weights  # noqa: E402
 from onnxcrit.frontend import load_network  # noqa: E402
@@ -117,17 +119,8 @@ def train_lenet_on_mnist(epochs: int, threads: int) -> tuple[Path, Path]:
     export(model, init_path)
     (x, y), _ = load_mnist()
     x, y = torch.from_numpy(x), torch.from_numpy(y)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    order = torch.Generator().manual_seed(0)
-    model.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(len(x), generator=order)
-        for start in range(0, len(x), 128):
-            idx = perm[start:start + 128]
-            optimizer.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            optimizer.step()
-        print(f"  MNIST epoch {epoch + 1}/{epochs} done", flush=True)
+    fit(model, x, y, epochs, batch_size=128,
+        after_epoch=lambda epoch: print(f"  MNIST epoch {epoch + 1}/{epochs} done", flush=True))
     export(model, trained_path)
     return init_path, trained_path
 
