@@ -36,7 +36,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench"))
+from models import fit  # noqa: E402  (the training loop the benchmarks share)
 
 SEED = 0
 N_EVAL = 450
@@ -143,19 +145,8 @@ def make_cnn() -> DigitsCNN:
 def train(model, x_tr, y_tr, *, epochs: int, lr: float = 1e-3, batch: int = 32,
           weight_decay: float = 0.0, seed: int = SEED):
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    xt = torch.from_numpy(x_tr)
-    yt = torch.from_numpy(y_tr)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), batch):
-            b = perm[i : i + batch]
-            opt.zero_grad()
-            loss = F.cross_entropy(model(xt[b]), yt[b])
-            loss.backward()
-            opt.step()
+    fit(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs, batch_size=batch, seed=seed, lr=lr,
+        weight_decay=weight_decay)
     model.eval()
     return model
 

@@ -62,12 +62,13 @@ def _mnist(name: str):
     return f(d["x_train"]), d["y_train"].astype(np.int64), f(d["x_test"]), d["y_test"].astype(np.int64)
 
 
-def fit(model, x, y, epochs: int, batch_size: int = 64, seed: int = 0, after_epoch=None) -> None:
-    """Adam (lr 1e-3) on cross-entropy, shuffled by a generator seeded with `seed`; `after_epoch(k)` after each."""
+def fit(model, x, y, epochs: int, batch_size: int = 64, seed: int = 0, lr: float = 1e-3, weight_decay: float = 0.0,
+        after_epoch=None) -> None:
+    """Adam on cross-entropy, shuffled by a generator seeded with `seed`; `after_epoch(k)` after each epoch."""
     import torch
     import torch.nn.functional as F
 
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for epoch in range(epochs):
