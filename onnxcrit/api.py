@@ -142,11 +142,11 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     # each block's MIP saw the unpruned network's inputs, not earlier blocks' scaled ones: in decoupled mode
     # kept units are deployed at full strength unless asked otherwise (measured: tools/results/bench_vgg.md)
     deploy_rescale = False if (used_mode == "decoupled" and rescale is None) else rescale
-    attempts, lam_now = [], lam
+    attempts, margin_now = [], margin
     while True:
         progress.start("score", deadline=time_limit)
         score = compute_scores if used_mode == "full" else partial(decoupled.decoupled_scores, workers=workers)
-        scored = score(net, calib.x, calib.y, eps=eps, lam=lam_now, margin=margin, sparsity=sparsity, relax=relax,
+        scored = score(net, calib.x, calib.y, eps=eps, lam=lam, margin=margin_now, sparsity=sparsity, relax=relax,
                        num_samples=num_samples, seed=seed, solver=solver, time_limit=time_limit, loss=loss)
         timings["build"] = timings.get("build", 0.0) + scored.build_seconds
         timings["solve"] = timings.get("solve", 0.0) + scored.solve_seconds
@@ -154,16 +154,18 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
         progress.done("score", f"{blocks}{scored.status}, {scored.variables:,} variables, {scored.binaries:,} "
                                f"binaries, solved in {scored.solve_seconds:.1f} s")
         progress.start("select")
-        chosen, closest = _select(rule, net, scored.scores, evald, threshold, mean_threshold, max_accuracy_drop,
-                                  target_params, deploy_rescale)
-        attempts.append({"lambda": lam_now, "tried": closest.tried})
+        chosen, closest = _select(rule, net, proto, scored.scores, evald, threshold, mean_threshold,
+                                  max_accuracy_drop, target_params, deploy_rescale)
+        attempts.append({"lambda": lam, "margin": margin_now, "tried": closest.tried})
         progress.done("select", chosen.rule if chosen else "budget not met")
         if chosen is not None or rule != "accuracy budget" or len(attempts) >= 3:
             break
-        lam_now *= 4.0  # a larger lambda weighs the loss more and prunes less
-        progress.note(f"accuracy budget not met; solving again with lambda {lam_now:g}")
+        # a wider margin makes the MIP keep more of every image's lead, so it ranks the units differently; a
+        # larger lambda would not: once the hinge loss is 0 at the optimum, raising lambda leaves it optimal
+        margin_now = 2.0 * margin_now if margin_now > 0 else 1.0
+        progress.note(f"accuracy budget not met; solving again with margin {margin_now:g}")
     if chosen is None:
-        raise BudgetError(_closest_message(rule, net, closest, evald, max_accuracy_drop, target_params))
+        raise BudgetError(_closest_message(rule, net, proto, closest, evald, max_accuracy_drop, target_params))
     for note in chosen.notes:
         progress.note(note)
 
@@ -193,9 +195,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     progress.start("measure")
     clock = time.perf_counter()
     report = _report(net, proto, new_net, new_model, scored, chosen, check, evald, removed_dead, attempts,
-                     measure_latency, dict(eps=eps, lam=lam_now, threshold=threshold,
+                     measure_latency, dict(eps=eps, lam=lam, threshold=threshold,
                                            mean_threshold=mean_threshold, num_samples=num_samples, relax=relax,
-                                           solver=solver, time_limit=time_limit, loss=loss, margin=margin,
+                                           solver=solver, time_limit=time_limit, loss=loss, margin=margin_now,
                                            sparsity=sparsity,
                                            max_accuracy_drop=max_accuracy_drop, target_params=target_params,
                                            seed=seed, rescale=rescale, compensation=compensation, mode=mode,
@@ -224,11 +226,12 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     return Result(model=new_model, network=new_net, report=report, scores=scored.scores, scales=scales)
 
 
-def _select(rule, net, scores, evald, threshold, mean_threshold, max_drop, target_params, rescale):
+def _select(rule, net, proto, scores, evald, threshold, mean_threshold, max_drop, target_params, rescale):
     if rule == "parameter budget":
         return select.by_params(net, scores, target_params, True if rescale is None else rescale)
     if rule == "accuracy budget":
-        return select.by_accuracy(net, scores, evald.x, evald.y, max_drop, rescale)
+        return select.by_accuracy(net, scores, evald.x, evald.y, max_drop, rescale,
+                                  accuracy_of=_ort_accuracy(proto, net, evald))
     notes: list[str] = []
     keep = select.keep_by_threshold(net, scores, threshold, mean_rule=mean_threshold, notes=notes)
     sel = select.Selection(scales=select.to_scales(scores, keep, True if rescale is None else rescale), rule=rule, threshold=threshold,
@@ -236,14 +239,29 @@ def _select(rule, net, scores, evald, threshold, mean_threshold, max_drop, targe
     return sel, sel
 
 
-def _closest_message(rule, net, closest, evald, max_drop, target_params) -> str:
+def _ort_accuracy(proto: onnx.ModelProto, net: Network, data: Dataset):
+    """scales -> accuracy (%) of the model rewritten with them (None: the original), by onnxruntime.
+
+    The budget search measures its candidates with the engine and the float32 arithmetic the written model is
+    checked and deployed with; for convolutions it is also far faster than the IR's float64 numpy forward
+    (tools/bench/budget_search.py).
+    """
+    def accuracy(scales: dict[int, np.ndarray] | None) -> float:
+        model, new_net = (proto, net) if scales is None else remove_units(proto, net, scales)
+        logits = run_tensors(model, new_net.input_name, data.x, [new_net.logits_name], dtype=net.input_dtype)[0]
+        return float(np.mean(logits.argmax(axis=1) == data.y) * 100.0)
+
+    return accuracy
+
+
+def _closest_message(rule, net, proto, closest, evald, max_drop, target_params) -> str:
     kept = {i: s > 0 for i, s in closest.scales.items()}
     params = select.params_after(net, kept)
     if rule == "parameter budget":
         return (f"cannot keep only {target_params:.0%} of the parameters: keeping one unit per layer still leaves "
                 f"{params:,} of {net.params:,} ({params / net.params:.1%})")
-    base = select.accuracy(net, evald.x, evald.y)
-    acc = select.accuracy(net, evald.x, evald.y, closest.scales)
+    accuracy = _ort_accuracy(proto, net, evald)
+    base, acc = accuracy(None), accuracy(closest.scales)
     return (f"no selection keeps the accuracy drop within {max_drop:g} points; the closest lost "
             f"{base - acc:.2f} points ({base:.2f}% -> {acc:.2f}%) with {params:,} of {net.params:,} parameters")
 

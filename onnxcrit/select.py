@@ -6,6 +6,7 @@ or 1 when rescaling is off.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,15 +124,20 @@ def keep_first_removed(scores: dict[int, np.ndarray], order: list[tuple[int, int
 
 
 def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: np.ndarray, max_drop: float,
-                rescale: bool | None = None, baseline: float | None = None) -> tuple[Selection | None, Selection]:
+                rescale: bool | None = None, baseline: float | None = None,
+                accuracy_of: Callable[[dict[int, np.ndarray] | None], float] | None = None
+                ) -> tuple[Selection | None, Selection]:
     """Remove as many units (lowest score first) as possible while accuracy on (x, y) drops <= max_drop points.
 
     A coarse grid over the number of removed units, then bisection between the last count that met the budget
     and the next that did not. rescale None tries kept units both at their score and at full strength and keeps
-    the more accurate. Returns (the selection meeting the budget with the fewest parameters, or None when no
-    removal at all meets it; the closest selection).
+    the more accurate. `accuracy_of(scales)` measures a candidate (None: the unpruned network); by default the
+    IR's forward pass on (x, y). Returns (the selection meeting the budget with the fewest parameters, or None
+    when no removal at all meets it; the closest selection).
     """
-    base = accuracy(net, x, y) if baseline is None else baseline
+    if accuracy_of is None:
+        accuracy_of = lambda scales: accuracy(net, x, y, scales)  # noqa: E731
+    base = accuracy_of(None) if baseline is None else baseline
     order = removal_order(net, scores)
     modes = (True, False) if rescale is None else (bool(rescale),)
     tried: dict[int, dict] = {}
@@ -142,7 +148,7 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
             best = None
             for mode in modes:
                 scales = to_scales(scores, keep, mode)
-                acc = accuracy(net, x, y, scales)
+                acc = accuracy_of(scales)
                 if best is None or acc > best[0]:
                     best = (acc, mode, scales)
             acc, mode, scales = best

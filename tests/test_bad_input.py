@@ -16,6 +16,7 @@ from onnxcrit.cli import main
 
 from .onnx_builders import GraphBuilder, mlp
 from .test_frontend import _concat_model, _residual_model, _sigmoid_model, _two_inputs_model
+from .test_select import _two_detectors
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = ROOT / "models" / "digits_mlp.onnx"
@@ -155,8 +156,10 @@ def case_unreachable_budget(d):
 
 
 def case_unreachable_accuracy_budget(d):
-    return ["optimize", _copy_mlp(d), "--data", MLP_CAL, "--eval-data", MLP_EVAL, "--max-accuracy-drop", "0",
-            "--lam", "0.001", "--time-limit", "60"]
+    x = np.random.default_rng(0).uniform(0.1, 1.0, (40, 2)).astype(np.float32)
+    np.savez(d / "two.npz", x=x, y=x.argmax(axis=1))
+    return ["optimize", _save(_two_detectors(), d / "two.onnx"), "--data", d / "two.npz", "--eval-data",
+            d / "two.npz", "--num-samples", "4", "--max-accuracy-drop", "1", "--no-latency", "-q"]
 
 
 def case_evaluate_bad_data(d):
@@ -219,6 +222,7 @@ CASES = {
     "num samples not a number": (_option_case("--num-samples", "ten"), 2, "is not a valid integer"),
     "deadline too short for any solution": (case_deadline_too_short, 1, "no solution within"),
     "unreachable parameter budget": (case_unreachable_budget, 1, "cannot keep only"),
+    "unreachable accuracy budget": (case_unreachable_accuracy_budget, 1, "no selection keeps the accuracy drop"),
     "evaluate with wrong shape": (case_evaluate_bad_data, 2, "expects [N, 64]"),
     "inspect unsupported model": (case_inspect_unsupported, 2, "branching"),
 }

@@ -45,6 +45,8 @@ def test_criteria_score_every_prunable_unit(name):
 
 def test_comparison_puts_every_method_at_onnxcrits_counts(monkeypatch):
     monkeypatch.setattr(run, "CONFIGS", run.CONFIGS[:1])  # paper defaults only: the test stays short
+    # in this process: a spawned one would leave multiprocessing's resource tracker behind as a child of pytest
+    monkeypatch.setattr(methods, "_in_fresh_process", lambda fn, *args: fn(*args))
     case = models.load_case("digits_mlp")
     ev = run.Evaluator(case)
     data_free = {"L1": (methods.l1(ev.net), 0.0, 0.0)}

@@ -78,3 +78,48 @@ def test_params_budget():
     assert select.params_after(net, kept) <= 0.5 * net.params
     impossible, closest = select.by_params(net, scores, 0.0001)
     assert impossible is None and all(s.astype(bool).sum() == 1 for s in closest.scales.values())
+
+
+def _two_detectors() -> onnx.ModelProto:
+    """x [N, 2] -> two hidden units, each passing one class's evidence through -> 2 logits: every hidden unit is
+    indispensable, so removing either one misclassifies a whole class."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    eye = numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")
+    zero = numpy_helper.from_array(np.zeros(2, np.float32), "b")
+    eye2, zero2 = numpy_helper.from_array(np.eye(2, dtype=np.float32), "w2"), numpy_helper.from_array(
+        np.zeros(2, np.float32), "b2")
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])],
+                              [eye, zero, eye2, zero2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_unreachable_accuracy_budget_retries_with_wider_margins_then_fails():
+    from onnxcrit import optimize
+    from onnxcrit.api import Progress
+    from onnxcrit.errors import BudgetError
+
+    class Notes(Progress):
+        def __init__(self):
+            self.notes, self.solves = [], 0
+
+        def note(self, message):
+            self.notes.append(message)
+
+        def start(self, stage, deadline=None):
+            self.solves += stage == "score"
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.1, 1.0, (40, 2)).astype(np.float32)
+    y = x.argmax(axis=1)
+    progress = Notes()
+    with pytest.raises(BudgetError, match="no selection keeps the accuracy drop within 1 points"):
+        optimize(_two_detectors(), (x, y), eval_data=(x, y), num_samples=4, max_accuracy_drop=1.0,
+                 measure_latency=False, progress=progress)
+    assert progress.solves == 3
+    assert [n for n in progress.notes if "solving again" in n] == [
+        "accuracy budget not met; solving again with margin 2",
+        "accuracy budget not met; solving again with margin 4"]

@@ -51,7 +51,10 @@ CONFIGS = [  # (label, optimize options, selection needs the validation split)
     ("paper defaults (N 10, lambda 5, thr 0.1)", dict(num_samples=10, threshold=0.1), False),
     ("budget 0.5 pt (N 10)", dict(num_samples=10, max_accuracy_drop=0.5), True),
     ("budget 0.5 pt (N 50, margin 2)", dict(num_samples=50, margin=2.0, max_accuracy_drop=0.5), True),
+    ("budget 0.5 pt, N and margin picked on validation", "search", True),
 ]
+SEARCH = [(n, m) for n in (10, 50, 100) for m in (1.0, 2.0, 4.0)]  # the grid of the last configuration
+RANK_FRACTIONS = (0.7, 0.5, 0.3)  # ranking study: keep this fraction of every layer
 LAMBDAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0, 50.0)
 MARGINS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
@@ -108,6 +111,10 @@ def compare(case: models.Case, ev: Evaluator, data_free: dict) -> list[dict]:
     rows = []
     px, py = pool_of(case)
     for label, options, needs_val in CONFIGS:
+        if options == "search":
+            options, grid = choose_on_validation(case)
+            label = f"{label} (N {options['num_samples']}, margin {options['margin']:g})"
+            rows.append(dict(model=case.name, config=label, method="grid", grid=grid))
         opts = dict(options, eval_data=(case.x_val, case.y_val)) if needs_val else dict(options)
         head = dict(model=case.name, config=label, acc_before=ev.base_acc)
         try:
@@ -138,6 +145,47 @@ def compare(case: models.Case, ev: Evaluator, data_free: dict) -> list[dict]:
         critical = {i: -np.asarray(s) for i, s in scores.items()}
         rows.append(dict(head, method="critical (highest scores removed)",
                          **ev.keep(methods.keep_top(critical, counts))))
+    return rows
+
+
+def choose_on_validation(case: models.Case) -> tuple[dict, str]:
+    """The (N, margin) of SEARCH whose 0.5-point budget run removes the most parameters, judged on validation
+    data only (ties: fewer images, smaller margin). Returns (optimize options, what the grid gave)."""
+    from onnxcrit import optimize
+
+    px, py = pool_of(case)
+    results = []
+    for n, margin in SEARCH:
+        res = optimize(case.path, (px, py), eval_data=(case.x_val, case.y_val), num_samples=n, margin=margin,
+                       max_accuracy_drop=0.5, measure_latency=False)
+        results.append((1.0 - res.report["params_after"] / res.report["params_before"], -n, -margin))
+    removed, n, margin = max(results)
+    grid = ", ".join(f"{-b}/{-c:g} {pct(a)}" for a, b, c in results)
+    return dict(num_samples=-n, margin=-margin, max_accuracy_drop=0.5), grid
+
+
+def ranking(case: models.Case, ev: Evaluator, data_free: dict) -> list[dict]:
+    """Ranking quality alone: every criterion keeps the same fraction of every layer, deployed 0/1."""
+    px, py = pool_of(case)
+    orders = {}
+    for label, options in (("onnxcrit (N 10)", {}), ("onnxcrit (N 50, margin 2)", dict(num_samples=50, margin=2.0))):
+        res = compute_scores(ev.net, px, py, **options)
+        order = select.removal_order(ev.net, res.scores)  # by score, ties by magnitude: what the budget uses
+        rank = {i: np.zeros(len(s)) for i, s in res.scores.items()}
+        for position, (layer, unit) in enumerate(order):
+            rank[layer][unit] = position
+        orders[label] = rank
+        if not options:
+            calib = px[res.calibration_indices]
+    orders.update({name: crit for name, (crit, _, _) in data_free.items()})
+    orders["activation"] = methods.activation(ev.net, calib)
+    rows = []
+    for f in RANK_FRACTIONS:
+        counts = {i: max(1, int(round(f * ev.net.layers[i].units))) for i in ev.net.scored_indices()}
+        for name, crit in orders.items():
+            rows.append(dict(model=case.name, fraction=f, method=name, **ev.keep(methods.keep_top(crit, counts))))
+        randoms = [ev.keep(methods.keep_top(methods.random_scores(ev.net, s), counts)) for s in range(RANDOM_SEEDS)]
+        rows.append(dict(model=case.name, fraction=f, method=f"random (mean of {RANDOM_SEEDS})", **_mean_rows(randoms)))
     return rows
 
 
@@ -196,8 +244,12 @@ def pct(v: float) -> str:
 def main_table(rows: list[dict]) -> str:
     lines = ["| model | selection | method | params removed | MACs removed | acc. before | acc. after | "
              "top-1 agreement | scoring s | peak MB |", "|" + "---|" * 10]
+    grids = []
     for r in rows:
         name = models.TITLES[r["model"]]
+        if r["method"] == "grid":
+            grids.append(f"- {name}: {r['grid']}")
+            continue
         if "failed" in r:
             lines.append(f"| {name} | {r['config']} | {r['method']} | failed: {r['failed']} |||||||")
             continue
@@ -211,15 +263,35 @@ def main_table(rows: list[dict]) -> str:
         lines.append(f"| {name} | {r['config']} | {method} | {pct(r['params_removed'])} | "
                      f"{pct(r['macs_removed'])} | {r['acc_before']:.2f} | {acc} | {r['agreement']:.2f} | "
                      f"{secs} | {peak} |")
+    if grids:
+        lines += ["", "Parameters removed under the 0.5-point budget on validation, per N / margin of the grid (the "
+                  "largest is picked; test accuracy plays no part):", "", *grids]
     return "\n".join(lines)
 
 
-def verdicts(rows: list[dict], study: dict) -> list[str]:
+def ranking_table(rows: list[dict]) -> str:
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    lines = ["| model | kept per layer | params removed | " + " | ".join(names) + " |", "|" + "---|" * (3 + len(names))]
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["fraction"]), {})[r["method"]] = r
+    for (model, fraction), by in groups.items():
+        best = max(r["acc"] for r in by.values())
+        cells = [(f"**{by[n]['acc']:.2f}**" if by[n]["acc"] == best else f"{by[n]['acc']:.2f}") if n in by else "-"
+                 for n in names]
+        first = next(iter(by.values()))
+        lines.append(f"| {models.TITLES[model]} | {fraction:.0%} | {pct(first['params_removed'])} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[dict], ranks: list[dict], study: dict) -> list[str]:
     """The issue's targets, measured."""
     out, losses = [], []
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["config"]), []).append(r)
+        if r["method"] != "grid":
+            groups.setdefault((r["model"], r["config"]), []).append(r)
     for (model, config), group in groups.items():
         ours = [r for r in group if r["method"].startswith("onnxcrit") and "full strength" not in r["method"]]
         if not ours or "failed" in ours[0]:
@@ -233,6 +305,14 @@ def verdicts(rows: list[dict], study: dict) -> list[str]:
     out.append(f"- onnxcrit at or above every baseline at equal counts: {'met' if not losses else 'not met'} "
                f"({total - len({l.split(':')[0] for l in losses})} of {total} model/selection groups)"
                + ("" if not losses else "; losses: " + "; ".join(losses)))
+    by_row: dict[tuple, list[dict]] = {}
+    for r in ranks:
+        by_row.setdefault((r["model"], r["fraction"]), []).append(r)
+    wins = sum(max(r["acc"] for r in g if r["method"].startswith("onnxcrit"))
+               >= max(r["acc"] for r in g if not r["method"].startswith("onnxcrit")) for g in by_row.values())
+    if by_row:
+        out.append(f"- ranking alone (same fraction of every layer): onnxcrit's order at or above every baseline in "
+                   f"{wins} of {len(by_row)} rows")
     lenet = [r for r in rows if r["model"] == "lenet5" and r["method"].startswith("onnxcrit")
              and "full strength" not in r["method"] and "failed" not in r]
     if lenet:
@@ -334,7 +414,7 @@ def main(argv=None) -> int:
     import tp_importance
 
     tp_ok, tp_version = tp_importance.available()
-    rows, study = [], {}
+    rows, ranks, study = [], [], {}
     for name in names:
         case = models.load_case(name)
         ev = Evaluator(case)
@@ -342,6 +422,7 @@ def main(argv=None) -> int:
         if tp_ok:
             data_free["Torch-Pruning"] = methods.measured_criterion("Torch-Pruning", case.path)
         rows += compare(case, ev, data_free)
+        ranks += ranking(case, ev, data_free)
         print(f"{name}: comparison done at {time.perf_counter() - clock:.0f} s", file=sys.stderr)
         if not args.no_studies:
             study[name] = studies(case, ev)
@@ -360,7 +441,10 @@ def main(argv=None) -> int:
         f"first {POOL:,} training images, balanced and correctly classified (seed 0). No fine-tuning anywhere. "
         "onnxcrit: LP relaxation by HiGHS, hinge loss, eps 1e-5; baselines keep onnxcrit's per-layer counts and "
         f"deploy 0/1. {tp_note}. Accuracy and agreement from onnxruntime on the rewritten files; parameters are "
-        "the files' weight tensors.", "", main_table(rows), "", "Targets:", "", *verdicts(rows, study), ""]
+        "the files' weight tensors.", "", main_table(rows), "", "Targets:", "", *verdicts(rows, ranks, study), "",
+        "### Ranking alone: every criterion keeps the same fraction of every layer", "",
+        "Units deployed 0/1 for every method; onnxcrit's order is the one its budget search uses (score, ties by "
+        "magnitude). Best per row in bold.", "", ranking_table(ranks), ""]
     if study:
         text += [study_tables(study), "", "![accuracy against parameters removed](bench_suite_pareto.png)", ""]
     text.append(f"Total {time.perf_counter() - clock:.0f} s on {os.cpu_count()} cores ({platform.processor() or platform.machine()}). "
@@ -370,7 +454,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out_dir, "bench_suite.md"), "w") as f:
         f.write(md)
     with open(os.path.join(args.out_dir, "bench_suite.json"), "w") as f:
-        json.dump({"rows": rows, "studies": study}, f, indent=1, sort_keys=True, default=_jsonable)
+        json.dump({"rows": rows, "ranking": ranks, "studies": study}, f, indent=1, sort_keys=True, default=_jsonable)
     print(md)
     return 0
 
