@@ -154,8 +154,10 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
         progress.done("score", f"{blocks}{scored.status}, {scored.variables:,} variables, {scored.binaries:,} "
                                f"binaries, solved in {scored.solve_seconds:.1f} s")
         progress.start("select")
+        clock = time.perf_counter()
         chosen, closest = _select(rule, net, proto, scored.scores, evald, threshold, mean_threshold,
                                   max_accuracy_drop, target_params, deploy_rescale)
+        timings["select"] = timings.get("select", 0.0) + time.perf_counter() - clock
         attempts.append({"lambda": lam, "margin": margin_now, "tried": closest.tried})
         progress.done("select", chosen.rule if chosen else "budget not met")
         if chosen is not None or rule != "accuracy budget" or len(attempts) >= 3:

@@ -17,7 +17,8 @@ MNIST models on first use (models.py), then for every model:
 2. Robustness: 10 calibration batches (seeds 0-9), 1/5/10/20/50 calibration images, lambda, margin and
    threshold sweeps with the L1 curve on the same axes (PNG).
 
-Writes tools/results/bench_suite.md (included in the README), bench_suite.json and bench_suite_pareto.png.
+Writes tools/results/bench_suite.md (every row), bench_suite_summary.md (the table the README includes),
+bench_suite.json and bench_suite_pareto.png.
 """
 from __future__ import annotations
 
@@ -269,6 +270,29 @@ def main_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows: list[dict]) -> str:
+    """One line per model and selection: test accuracy of every method at onnxcrit's counts (best in bold)."""
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        if r["method"] != "grid" and "full strength" not in r["method"]:
+            name = "onnxcrit" if r["method"].startswith("onnxcrit") else r["method"].split(" (")[0]
+            groups.setdefault((r["model"], r["config"]), {})[name] = r
+    names = list(dict.fromkeys(n for g in groups.values() for n in g))
+    lines = ["| model | selection | params removed | MACs removed | acc. before | " + " | ".join(names) + " |",
+             "|" + "---|" * (5 + len(names))]
+    for (model, config), by in groups.items():
+        ours = by["onnxcrit"]
+        if "failed" in ours:
+            lines.append(f"| {models.TITLES[model]} | {config} | failed |" + " |" * (2 + len(names)))
+            continue
+        best = max(r["acc"] for r in by.values())
+        cells = [(f"**{by[n]['acc']:.2f}**" if by[n]["acc"] == best else f"{by[n]['acc']:.2f}") if n in by else "-"
+                 for n in names]
+        lines.append(f"| {models.TITLES[model]} | {config} | {pct(ours['params_removed'])} | "
+                     f"{pct(ours['macs_removed'])} | {ours['acc_before']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ranking_table(rows: list[dict]) -> str:
     names = list(dict.fromkeys(r["method"] for r in rows))
     lines = ["| model | kept per layer | params removed | " + " | ".join(names) + " |", "|" + "---|" * (3 + len(names))]
@@ -453,6 +477,11 @@ def main(argv=None) -> int:
     md = "\n".join(text) + "\n"
     with open(os.path.join(args.out_dir, "bench_suite.md"), "w") as f:
         f.write(md)
+    summary = ["Test accuracy (%) at onnxcrit's per-layer kept counts, no fine-tuning; best per row in bold. Full "
+               "table with agreement, scoring time and memory: tools/results/bench_suite.md.", "",
+               summary_table(rows), "", *verdicts(rows, ranks, study), ""]
+    with open(os.path.join(args.out_dir, "bench_suite_summary.md"), "w") as f:
+        f.write("\n".join(summary))
     with open(os.path.join(args.out_dir, "bench_suite.json"), "w") as f:
         json.dump({"rows": rows, "ranking": ranks, "studies": study}, f, indent=1, sort_keys=True, default=_jsonable)
     print(md)
