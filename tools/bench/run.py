@@ -209,7 +209,8 @@ def threshold_point(ev: Evaluator, scores, threshold: float = 0.1) -> tuple[dict
 
 def studies(case: models.Case, ev: Evaluator) -> dict:
     px, py = pool_of(case)
-    out = {"batches": [], "images": [], "lambda": [], "margin": [], "threshold": [], "l1_curve": []}
+    out = {"batches": [], "images": [], "lambda": [], "margin": [], "threshold": [], "l1_curve": [],
+           "order_n10": [], "order_n50": []}
     for seed in range(BATCHES):
         res = compute_scores(ev.net, px, py, seed=seed)
         ours, l1 = threshold_point(ev, res.scores)
@@ -227,6 +228,12 @@ def studies(case: models.Case, ev: Evaluator) -> dict:
             res = compute_scores(ev.net, px, py, **{option: value})
             ours, l1 = threshold_point(ev, res.scores)
             out[key].append({key: value, "ours": ours, "l1": l1})
+    for key, options in (("order_n10", {}), ("order_n50", dict(num_samples=50, margin=2.0))):
+        res = compute_scores(ev.net, px, py, **options)
+        order = select.removal_order(ev.net, res.scores)  # the budget search walks this curve
+        for f in FRACTIONS:
+            keep = select.keep_first_removed(res.scores, order, int(round((1 - f) * len(order))))
+            out[key].append(dict(fraction=f, ours=ev.keep(keep)))
     l1_scores = methods.l1(ev.net)
     for f in FRACTIONS:
         counts = {i: max(1, int(round(f * len(s)))) for i, s in l1_scores.items()}
@@ -409,6 +416,10 @@ def plot(study: dict, path: str) -> None:
                                   ("threshold", "onnxcrit, threshold sweep", "s-")):
             pts = sorted((p["ours"]["params_removed"] * 100, p["ours"]["acc"]) for p in s[key])
             ax.plot(*zip(*pts), style, label=label, markersize=4)
+        for key, label, style in (("order_n10", "onnxcrit removal order, N 10 (0/1)", ":"),
+                                  ("order_n50", "onnxcrit removal order, N 50 margin 2 (0/1)", "-")):
+            pts = sorted((p["ours"]["params_removed"] * 100, p["ours"]["acc"]) for p in s[key])
+            ax.plot(*zip(*pts), style, color="tab:red", label=label, linewidth=1.2)
         same = sorted((p["l1"]["params_removed"] * 100, p["l1"]["acc"]) for k in ("lambda", "margin", "threshold")
                       for p in s[k])
         ax.plot(*zip(*same), "x", color="grey", label="L1, same per-layer counts")
