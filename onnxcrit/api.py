@@ -26,6 +26,8 @@ from .validate import check_rewrite, run_tensors
 
 # A run with evaluation data and no budget never silently costs more than this many accuracy points.
 DEFAULT_ACCURACY_BUDGET = 1.0
+# The settings `search` tries, cheapest first (calibration images, hinge margin); tools/bench/ picked this grid.
+SEARCH_GRID = tuple((n, m) for n in (10, 50, 100) for m in (1.0, 2.0, 4.0))
 KEPT_UNITS_KEY = "onnxcrit.kept_units"
 
 
@@ -81,7 +83,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
              loss: str = "hinge", margin: float = 1.0, sparsity: str = "mean", rescale: bool | None = None,
              compensation: bool = False,
              measure_latency: bool = True, finetune_data=None, finetune_epochs: int = 3,
-             mode: str = "full", workers: int | None = None, progress: Progress | None = None) -> Result:
+             mode: str = "full", workers: int | None = None, search: bool = False,
+             progress: Progress | None = None) -> Result:
     """Score every prunable unit with the OAMIP MIP, remove the unimportant ones, validate, and report.
 
     model: an ONNX path or ModelProto. data: calibration data (.npz path with x and y, an (x, y) pair or a
@@ -94,6 +97,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     mode: "full" (one MIP for the whole network), "decoupled" (one MIP per block on an auxiliary head, solved by
     `workers` parallel workers, default the number of cores; METHOD.md section 5) or "auto" (decoupled for
     large problems; the report's `mode` and `mode_reason` say which and why).
+    search: under an accuracy budget, solve with every setting of SEARCH_GRID (calibration images x margin)
+    instead of `num_samples` / `margin`, and keep the one whose selection removes the most parameters within
+    the budget on eval_data; `time_limit` covers all the solves together; the report's `search` lists them.
     Raises InputError (bad input), SolveError (no solution), BudgetError (budget unreachable),
     ValidationError (the rewritten model failed a check).
     """
@@ -138,16 +144,21 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
         rule, threshold = "threshold", 0.1
     if rule == "accuracy budget" and evald is None:
         raise InputError("an accuracy budget needs evaluation data (--eval-data)")
+    if search and rule != "accuracy budget":
+        raise InputError(f"the search compares settings under an accuracy budget; it does not apply to the {rule} "
+                         f"rule (give --eval-data, and no --threshold / --target-params)")
 
     # each block's MIP saw the unpruned network's inputs, not earlier blocks' scaled ones: in decoupled mode
     # kept units are deployed at full strength unless asked otherwise (measured: tools/results/bench_vgg.md)
     deploy_rescale = False if (used_mode == "decoupled" and rescale is None) else rescale
-    attempts, margin_now = [], margin
-    while True:
-        progress.start("score", deadline=time_limit)
-        score = compute_scores if used_mode == "full" else partial(decoupled.decoupled_scores, workers=workers)
-        scored = score(net, calib.x, calib.y, eps=eps, lam=lam, margin=margin_now, sparsity=sparsity, relax=relax,
-                       num_samples=num_samples, seed=seed, solver=solver, time_limit=time_limit, loss=loss)
+    score = compute_scores if used_mode == "full" else partial(decoupled.decoupled_scores, workers=workers)
+    attempts: list[dict] = []
+
+    def attempt(n: int, m: float, limit: float):
+        """One solve with n calibration images and margin m, and the selection on its scores."""
+        progress.start("score", deadline=limit)
+        scored = score(net, calib.x, calib.y, eps=eps, lam=lam, margin=m, sparsity=sparsity, relax=relax,
+                       num_samples=n, seed=seed, solver=solver, time_limit=limit, loss=loss)
         timings["build"] = timings.get("build", 0.0) + scored.build_seconds
         timings["solve"] = timings.get("solve", 0.0) + scored.solve_seconds
         blocks = f"{len(scored.blocks)} blocks on {workers} workers, " if used_mode == "decoupled" else ""
@@ -158,14 +169,21 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
         chosen, closest = _select(rule, net, proto, scored.scores, evald, threshold, mean_threshold,
                                   max_accuracy_drop, target_params, deploy_rescale)
         timings["select"] = timings.get("select", 0.0) + time.perf_counter() - clock
-        attempts.append({"lambda": lam, "margin": margin_now, "tried": closest.tried})
+        attempts.append({"lambda": lam, "margin": m, "num_samples": n, "tried": closest.tried})
         progress.done("select", chosen.rule if chosen else "budget not met")
-        if chosen is not None or rule != "accuracy budget" or len(attempts) >= 3:
-            break
-        # a wider margin makes the MIP keep more of every image's lead, so it ranks the units differently; a
-        # larger lambda would not: once the hinge loss is 0 at the optimum, raising lambda leaves it optimal
-        margin_now = 2.0 * margin_now if margin_now > 0 else 1.0
-        progress.note(f"accuracy budget not met; solving again with margin {margin_now:g}")
+        return scored, chosen, closest
+
+    if search:
+        scored, chosen, closest, num_samples, margin = _search(attempt, net, rule, len(calib.x), time_limit, progress)
+    else:
+        while True:
+            scored, chosen, closest = attempt(num_samples, margin, time_limit)
+            if chosen is not None or rule != "accuracy budget" or len(attempts) >= 3:
+                break
+            # a wider margin makes the MIP keep more of every image's lead, so it ranks the units differently; a
+            # larger lambda would not: once the hinge loss is 0 at the optimum, raising lambda leaves it optimal
+            margin = 2.0 * margin if margin > 0 else 1.0
+            progress.note(f"accuracy budget not met; solving again with margin {margin:g}")
     if chosen is None:
         raise BudgetError(_closest_message(rule, net, proto, closest, evald, max_accuracy_drop, target_params))
     for note in chosen.notes:
@@ -199,7 +217,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     report = _report(net, proto, new_net, new_model, scored, chosen, check, evald, removed_dead, attempts,
                      measure_latency, dict(eps=eps, lam=lam, threshold=threshold,
                                            mean_threshold=mean_threshold, num_samples=num_samples, relax=relax,
-                                           solver=solver, time_limit=time_limit, loss=loss, margin=margin_now,
+                                           solver=solver, time_limit=time_limit, loss=loss, margin=margin, search=search,
                                            sparsity=sparsity,
                                            max_accuracy_drop=max_accuracy_drop, target_params=target_params,
                                            seed=seed, rescale=rescale, compensation=compensation, mode=mode,
@@ -226,6 +244,37 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
         progress.done("finetune", f"{tuned.epochs} epochs")
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
     return Result(model=new_model, network=new_net, report=report, scores=scored.scores, scales=scales)
+
+
+def _search(attempt, net, rule, available: int, time_limit: float, progress):
+    """Run `attempt` over SEARCH_GRID within one deadline; the setting whose selection keeps the fewest
+    parameters within the budget wins (ties: the cheaper setting). Returns (scored, chosen, closest, n, margin)."""
+    from .errors import SolveError
+
+    start, runs, failure = time.perf_counter(), [], None
+    grid = [(n, m) for n, m in SEARCH_GRID if n <= available] or [SEARCH_GRID[0]]
+    for k, (n, m) in enumerate(grid):
+        left = time_limit - (time.perf_counter() - start)
+        if left <= 0:
+            progress.note(f"search stopped at the time limit after {k} of {len(grid)} settings")
+            break
+        try:
+            runs.append((n, m, *attempt(n, m, left)))
+        except SolveError as exc:
+            failure = exc
+            progress.note(f"search: {n} images, margin {m:g}: {exc}")
+    if not runs:
+        raise failure if failure is not None else SolveError("the search ran out of time before its first solve")
+    meeting = [r for r in runs if r[3] is not None]
+
+    def params(sel):
+        return select.params_after(net, {i: s > 0 for i, s in sel.scales.items()})
+
+    n, m, scored, chosen, closest = (min(meeting, key=lambda r: params(r[3])) if meeting else
+                                     min(runs, key=lambda r: min(t["drop"] for t in r[4].tried)))
+    progress.note(f"search: {n} images, margin {m:g} removes the most within the budget "
+                  f"({len(meeting)} of {len(runs)} settings met it)")
+    return scored, chosen, closest, n, m
 
 
 def _select(rule, net, proto, scores, evald, threshold, mean_threshold, max_drop, target_params, rescale):

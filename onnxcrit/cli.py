@@ -151,6 +151,8 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("--max-accuracy-drop", type=float, help="Accuracy budget in points on --eval-data [default with "
               "--eval-data: 1.0].")
 @click.option("--target-params", type=float, help="Keep at most this fraction of the parameters (0-1].")
+@click.option("--search", is_flag=True, help="Under the accuracy budget, try 10/50/100 calibration images x margin "
+              "1/2/4 and keep the setting that removes the most (--time-limit covers all nine solves).")
 @click.option("--compensate-bias", is_flag=True, help="Fold removed units' mean activation into the next bias.")
 @click.option("--rescale/--no-rescale", default=None, help="Deploy kept units at their score (as the MIP modelled) or "
               "at full strength [default: the more accurate on --eval-data under an accuracy budget, else rescale].")
@@ -166,8 +168,8 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print calibration, selection and solver details.")
 def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,
-             eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, compensate_bias, rescale,
-             no_latency, finetune_data, finetune_epochs, seed, mode, workers, quiet, verbose):
+             eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, search, compensate_bias,
+             rescale, no_latency, finetune_data, finetune_epochs, seed, mode, workers, quiet, verbose):
     """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
     from . import api
     from .output import has_external_data, write_model
@@ -194,7 +196,7 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
                               max_accuracy_drop=max_accuracy_drop, target_params=target_params, seed=seed,
                               rescale=rescale, compensation=compensate_bias, measure_latency=not no_latency,
                               finetune_data=finetune_data, finetune_epochs=finetune_epochs, mode=mode,
-                              workers=workers, progress=progress)
+                              workers=workers, search=search, progress=progress)
         progress.start("write")
         try:
             written = write_model(result.model, out, external_data=True if has_external_data(model) else None,
