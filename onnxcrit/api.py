@@ -260,9 +260,9 @@ def _search(attempt, net, rule, available: int, time_limit: float, progress):
             break
         try:
             runs.append((n, m, *attempt(n, m, left)))
-        except SolveError as exc:
-            failure = exc
-            progress.note(f"search: {n} images, margin {m:g}: {exc}")
+        except (SolveError, InputError) as exc:  # e.g. fewer correctly classified images than n
+            failure = failure or exc
+            progress.note(f"search: {n} images, margin {m:g} skipped: {exc}")
     if not runs:
         raise failure if failure is not None else SolveError("the search ran out of time before its first solve")
     meeting = [r for r in runs if r[3] is not None]

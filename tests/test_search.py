@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 from click.testing import CliRunner
 
@@ -55,6 +57,20 @@ def test_search_shares_one_deadline():
     assert len(res.report["selection"]["attempts"]) < len(SEARCH_GRID)
     assert any(n.startswith("search stopped at the time limit") for n in progress.notes)
     assert res.report["timings"]["solve"] <= limit + 1.0
+
+
+def test_search_skips_settings_the_data_cannot_feed():
+    data = np.load(CAL)
+    x, y = data["x"], data["y"].copy()
+    progress = Notes()
+    res = optimize(CNN, (x[:60], y[:60]), eval_data=EVAL, search=True, measure_latency=False, progress=progress)
+    assert [a["num_samples"] for a in res.report["selection"]["attempts"]] == [10] * 3 + [50] * 3
+    y[:3] = (y[:3] + 1) % 10  # three images the model now gets wrong: 100 correct ones are not there
+    progress = Notes()
+    res = optimize(CNN, (x, y), eval_data=EVAL, search=True, measure_latency=False, progress=progress)
+    assert [a["num_samples"] for a in res.report["selection"]["attempts"]] == [10] * 3 + [50] * 3
+    skipped = [n for n in progress.notes if "skipped" in n]
+    assert len(skipped) == 3 and all("100 images" in n and "correctly classified" in n for n in skipped)
 
 
 @pytest.mark.parametrize("options", [dict(), dict(eval_data=EVAL, threshold=0.1), dict(eval_data=EVAL,
