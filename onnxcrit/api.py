@@ -18,7 +18,7 @@ import onnx
 from . import measure, select
 from .bounds import interval_bounds
 from .data import Dataset, load_data
-from .errors import BudgetError, InputError
+from .errors import BudgetError, InputError, SolveError
 from .frontend import load_network
 from .ir import Network
 from .rewrite import bias_compensation, dead_units, remove_units
@@ -99,7 +99,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     large problems; the report's `mode` and `mode_reason` say which and why).
     search: under an accuracy budget, solve with every setting of SEARCH_GRID (calibration images x margin)
     instead of `num_samples` / `margin`, and keep the one whose selection removes the most parameters within
-    the budget on eval_data; `time_limit` covers all the solves together; the report's `search` lists them.
+    the budget on eval_data; `time_limit` covers all the solves together; `selection.attempts` in the report
+    lists every solve.
     Raises InputError (bad input), SolveError (no solution), BudgetError (budget unreachable),
     ValidationError (the rewritten model failed a check).
     """
@@ -174,7 +175,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
         return scored, chosen, closest
 
     if search:
-        scored, chosen, closest, num_samples, margin = _search(attempt, net, rule, len(calib.x), time_limit, progress)
+        scored, chosen, closest, num_samples, margin = _search(attempt, net, len(calib.x), time_limit, progress)
     else:
         while True:
             scored, chosen, closest = attempt(num_samples, margin, time_limit)
@@ -217,7 +218,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     report = _report(net, proto, new_net, new_model, scored, chosen, check, evald, removed_dead, attempts,
                      measure_latency, dict(eps=eps, lam=lam, threshold=threshold,
                                            mean_threshold=mean_threshold, num_samples=num_samples, relax=relax,
-                                           solver=solver, time_limit=time_limit, loss=loss, margin=margin, search=search,
+                                           solver=solver, time_limit=time_limit, loss=loss, margin=margin,
+                                           search=search,
                                            sparsity=sparsity,
                                            max_accuracy_drop=max_accuracy_drop, target_params=target_params,
                                            seed=seed, rescale=rescale, compensation=compensation, mode=mode,
@@ -246,11 +248,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     return Result(model=new_model, network=new_net, report=report, scores=scored.scores, scales=scales)
 
 
-def _search(attempt, net, rule, available: int, time_limit: float, progress):
+def _search(attempt, net, available: int, time_limit: float, progress):
     """Run `attempt` over SEARCH_GRID within one deadline; the setting whose selection keeps the fewest
     parameters within the budget wins (ties: the cheaper setting). Returns (scored, chosen, closest, n, margin)."""
-    from .errors import SolveError
-
     start, runs, failure = time.perf_counter(), [], None
     grid = [(n, m) for n, m in SEARCH_GRID if n <= available] or [SEARCH_GRID[0]]
     for k, (n, m) in enumerate(grid):
@@ -285,7 +285,8 @@ def _select(rule, net, proto, scores, evald, threshold, mean_threshold, max_drop
                                   accuracy_of=_ort_accuracy(proto, net, evald))
     notes: list[str] = []
     keep = select.keep_by_threshold(net, scores, threshold, mean_rule=mean_threshold, notes=notes)
-    sel = select.Selection(scales=select.to_scales(scores, keep, True if rescale is None else rescale), rule=rule, threshold=threshold,
+    sel = select.Selection(scales=select.to_scales(scores, keep, True if rescale is None else rescale), rule=rule,
+                           threshold=threshold,
                            notes=notes)
     return sel, sel
 

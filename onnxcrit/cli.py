@@ -168,8 +168,8 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print calibration, selection and solver details.")
 def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,
-             eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, search, compensate_bias,
-             rescale, no_latency, finetune_data, finetune_epochs, seed, mode, workers, quiet, verbose):
+             eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, search,
+             compensate_bias, rescale, no_latency, finetune_data, finetune_epochs, seed, mode, workers, quiet, verbose):
     """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
     from . import api
     from .output import has_external_data, write_model

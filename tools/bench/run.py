@@ -368,8 +368,9 @@ def study_tables(study: dict) -> str:
         rem = np.array([b["ours"]["params_removed"] for b in s["batches"]]) * 100
         acc = np.array([b["ours"]["acc"] for b in s["batches"]])
         l1 = np.array([b["l1"]["acc"] for b in s["batches"]])
-        lines.append(f"| {models.TITLES[name]} | {rem.mean():.1f} ± {rem.std():.1f} ({rem.min():.1f}-{rem.max():.1f}) | "
-                     f"{acc.mean():.2f} ± {acc.std():.2f} ({acc.min():.2f}-{acc.max():.2f}) | "
+        lines.append(f"| {models.TITLES[name]} | {rem.mean():.1f} ± {rem.std():.1f} "
+                     f"({rem.min():.1f}-{rem.max():.1f}) | {acc.mean():.2f} ± {acc.std():.2f} "
+                     f"({acc.min():.2f}-{acc.max():.2f}) | "
                      f"{l1.mean():.2f} ± {l1.std():.2f} |")
     lines += ["", "### Calibration images (paper defaults otherwise)", "",
               "| model | images | build + solve s | params removed | acc. | L1, same counts: acc. |",
@@ -380,16 +381,13 @@ def study_tables(study: dict) -> str:
                          f"{pct(p['ours']['params_removed'])} | {p['ours']['acc']:.2f} | {p['l1']['acc']:.2f} |")
     lines += ["", "### Lambda, margin and threshold sweeps (the points of the plot)", "",
               "| model | setting | params removed | acc. | L1, same counts: acc. |", "|---|---|---|---|---|"]
+    sweeps = (("lambda", "lambda {:g}, thr 0.1"), ("margin", "margin {:g}, thr 0.1"),
+              ("threshold", "lambda 5, thr {:g}"))
     for name, s in study.items():
-        for p in s["lambda"]:
-            lines.append(f"| {models.TITLES[name]} | lambda {p['lambda']:g}, thr 0.1 | {pct(p['ours']['params_removed'])} | "
-                         f"{p['ours']['acc']:.2f} | {p['l1']['acc']:.2f} |")
-        for p in s["margin"]:
-            lines.append(f"| {models.TITLES[name]} | margin {p['margin']:g}, thr 0.1 | {pct(p['ours']['params_removed'])} | "
-                         f"{p['ours']['acc']:.2f} | {p['l1']['acc']:.2f} |")
-        for p in s["threshold"]:
-            lines.append(f"| {models.TITLES[name]} | lambda 5, thr {p['threshold']:g} | "
-                         f"{pct(p['ours']['params_removed'])} | {p['ours']['acc']:.2f} | {p['l1']['acc']:.2f} |")
+        for key, setting in sweeps:
+            for p in s[key]:
+                lines.append(f"| {models.TITLES[name]} | {setting.format(p[key])} | "
+                             f"{pct(p['ours']['params_removed'])} | {p['ours']['acc']:.2f} | {p['l1']['acc']:.2f} |")
     return "\n".join(lines)
 
 
@@ -476,8 +474,9 @@ def main(argv=None) -> int:
         "magnitude). Best per row in bold.", "", ranking_table(ranks), ""]
     if study:
         text += [study_tables(study), "", "![accuracy against parameters removed](bench_suite_pareto.png)", ""]
-    text.append(f"Total {time.perf_counter() - clock:.0f} s on {os.cpu_count()} cores ({platform.processor() or platform.machine()}). "
-                f"Command: `python tools/bench/run.py{'' if args.models == ','.join(models.MODELS) else ' --models ' + args.models}"
+    subset = "" if args.models == ",".join(models.MODELS) else f" --models {args.models}"
+    text.append(f"Total {time.perf_counter() - clock:.0f} s on {os.cpu_count()} cores "
+                f"({platform.processor() or platform.machine()}). Command: `python tools/bench/run.py{subset}"
                 f"{' --no-studies' if args.no_studies else ''}`")
     md = "\n".join(text) + "\n"
     with open(os.path.join(args.out_dir, "bench_suite.md"), "w") as f:
