@@ -48,14 +48,15 @@ def _without_timings(report: dict) -> dict:
     return report
 
 
-def test_same_inputs_give_the_same_bytes(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--search"]])
+def test_same_inputs_give_the_same_bytes(tmp_path, extra):
     outputs = []
     for run in ("a", "b"):
         folder = tmp_path / run
         folder.mkdir()
         result = CliRunner().invoke(main, ["optimize", str(CNN), "--data", str(CNN_CAL), "--eval-data", str(CNN_EVAL),
                                            "-o", str(folder / "out.onnx"), "--report", str(folder / "r.json"),
-                                           "--no-latency", "-q"], catch_exceptions=False)
+                                           "--no-latency", "-q", *extra], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         outputs.append(((folder / "out.onnx").read_bytes(), json.loads((folder / "r.json").read_text())))
     (model_a, report_a), (model_b, report_b) = outputs
