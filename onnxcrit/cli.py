@@ -136,7 +136,8 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("--time-limit", type=float, default=300.0, show_default=True, help="Solver deadline in seconds.")
 @click.option("--threshold", type=float, help="Remove units scoring below this (paper: 0.1).")
 @click.option("--mean-threshold", is_flag=True, help="Use each layer's mean score as its threshold.")
-@click.option("--lam", type=float, default=5.0, show_default=True, help="Weight of the loss term (larger prunes less).")
+@click.option("--lam", type=float, default=5.0, show_default=True, help="Weight of the loss term (larger prunes "
+              "less; with the hinge loss nothing changes above about 0.5, use --margin).")
 @click.option("--eps", type=float, default=1e-5, show_default=True, help="Radius of the input box around each image.")
 @click.option("--num-samples", type=int, default=10, show_default=True, help="Calibration images (balanced by class).")
 @click.option("--relax/--mip", default=True, show_default=True,
