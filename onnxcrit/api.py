@@ -255,7 +255,7 @@ def _search(attempt, net, available: int, time_limit: float, progress):
     grid = [(n, m) for n, m in SEARCH_GRID if n <= available] or [SEARCH_GRID[0]]
     for k, (n, m) in enumerate(grid):
         left = time_limit - (time.perf_counter() - start)
-        if left <= 0:
+        if left <= 0 or (runs and left < 1.0):  # once one setting is in, no hopeless sub-second solves
             progress.note(f"search stopped at the time limit after {k} of {len(grid)} settings")
             break
         try:
