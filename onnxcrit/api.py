@@ -153,6 +153,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     # kept units are deployed at full strength unless asked otherwise (measured: tools/results/bench_vgg.md)
     deploy_rescale = False if (used_mode == "decoupled" and rescale is None) else rescale
     score = compute_scores if used_mode == "full" else partial(decoupled.decoupled_scores, workers=workers)
+    measure_accuracy = _ort_accuracy(proto, net, evald) if rule == "accuracy budget" else None
     attempts: list[dict] = []
 
     def attempt(n: int, m: float, limit: float):
@@ -167,8 +168,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
                                f"binaries, solved in {scored.solve_seconds:.1f} s")
         progress.start("select")
         clock = time.perf_counter()
-        chosen, closest = _select(rule, net, proto, scored.scores, evald, threshold, mean_threshold,
-                                  max_accuracy_drop, target_params, deploy_rescale)
+        chosen, closest = _select(rule, net, scored.scores, evald, threshold, mean_threshold, max_accuracy_drop,
+                                  target_params, deploy_rescale, measure_accuracy)
         timings["select"] = timings.get("select", 0.0) + time.perf_counter() - clock
         attempts.append({"lambda": lam, "margin": m, "num_samples": n, "tried": closest.tried})
         progress.done("select", chosen.rule if chosen else "budget not met")
@@ -186,7 +187,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
             margin = 2.0 * margin if margin > 0 else 1.0
             progress.note(f"accuracy budget not met; solving again with margin {margin:g}")
     if chosen is None:
-        raise BudgetError(_closest_message(rule, net, proto, closest, evald, max_accuracy_drop, target_params))
+        raise BudgetError(_closest_message(rule, net, closest, max_accuracy_drop, target_params, measure_accuracy))
     for note in chosen.notes:
         progress.note(note)
 
@@ -277,12 +278,12 @@ def _search(attempt, net, available: int, time_limit: float, progress):
     return scored, chosen, closest, n, m
 
 
-def _select(rule, net, proto, scores, evald, threshold, mean_threshold, max_drop, target_params, rescale):
+def _select(rule, net, scores, evald, threshold, mean_threshold, max_drop, target_params, rescale, accuracy_of):
     if rule == "parameter budget":
         return select.by_params(net, scores, target_params, True if rescale is None else rescale)
     if rule == "accuracy budget":
         return select.by_accuracy(net, scores, evald.x, evald.y, max_drop, rescale,
-                                  accuracy_of=_ort_accuracy(proto, net, evald))
+                                  accuracy_of=accuracy_of)
     notes: list[str] = []
     keep = select.keep_by_threshold(net, scores, threshold, mean_rule=mean_threshold, notes=notes)
     sel = select.Selection(scales=select.to_scales(scores, keep, True if rescale is None else rescale), rule=rule,
@@ -296,23 +297,29 @@ def _ort_accuracy(proto: onnx.ModelProto, net: Network, data: Dataset):
 
     The budget search measures its candidates with the engine and the float32 arithmetic the written model is
     checked and deployed with; for convolutions it is also far faster than the IR's float64 numpy forward
-    (tools/bench/budget_search.py).
+    (tools/bench/budget_search.py). The original's accuracy is measured once and remembered.
     """
+    original: list[float] = []
+
     def accuracy(scales: dict[int, np.ndarray] | None) -> float:
+        if scales is None and original:
+            return original[0]
         model, new_net = (proto, net) if scales is None else remove_units(proto, net, scales)
         logits = run_tensors(model, new_net.input_name, data.x, [new_net.logits_name], dtype=net.input_dtype)[0]
-        return float(np.mean(logits.argmax(axis=1) == data.y) * 100.0)
+        value = float(np.mean(logits.argmax(axis=1) == data.y) * 100.0)
+        if scales is None:
+            original.append(value)
+        return value
 
     return accuracy
 
 
-def _closest_message(rule, net, proto, closest, evald, max_drop, target_params) -> str:
+def _closest_message(rule, net, closest, max_drop, target_params, accuracy) -> str:
     kept = {i: s > 0 for i, s in closest.scales.items()}
     params = select.params_after(net, kept)
     if rule == "parameter budget":
         return (f"cannot keep only {target_params:.0%} of the parameters: keeping one unit per layer still leaves "
                 f"{params:,} of {net.params:,} ({params / net.params:.1%})")
-    accuracy = _ort_accuracy(proto, net, evald)
     base, acc = accuracy(None), accuracy(closest.scales)
     return (f"no selection keeps the accuracy drop within {max_drop:g} points; the closest lost "
             f"{base - acc:.2f} points ({base:.2f}% -> {acc:.2f}%) with {params:,} of {net.params:,} parameters")

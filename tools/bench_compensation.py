@@ -20,11 +20,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "tools" / "bench"))
 
 from bench_latency import magnitude_scales  # noqa: E402
 from onnxcrit.frontend import load_network  # noqa: E402
 from onnxcrit.rewrite import bias_compensation, remove_units  # noqa: E402
 from onnxcrit.validate import check_rewrite  # noqa: E402
+from results import publish  # noqa: E402
 
 RESULTS = ROOT / "tools" / "results" / "bias_compensation.md"
 SEEDS = 5
@@ -78,10 +80,8 @@ def main(argv=None) -> int:
             "outgoing weights, folded into the next layer's bias (for a conv next layer: the per-channel mean "
             "over positions). No fine-tuning. Produced by `python tools/bench_compensation.py`, "
             f"{time.strftime('%Y-%m-%d')}.\n")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
     print()
-    print(text)
+    publish(args.out, text)
     return 0
 
 

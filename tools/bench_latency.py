@@ -32,12 +32,14 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools" / "bench"))
 
 from onnxcrit.frontend import load_network  # noqa: E402
 from onnxcrit.measure import file_size, layer_table, paired_timings, totals  # noqa: E402
 from onnxcrit.output import write_model  # noqa: E402
 from onnxcrit.rewrite import remove_units  # noqa: E402
 from onnxcrit.validate import check_rewrite  # noqa: E402
+from results import publish  # noqa: E402
 
 CACHE = Path(os.environ.get("ONNXCRIT_CACHE", Path.home() / ".cache" / "onnxcrit"))
 MNIST = Path("/work/shared/data/mnist.npz")
@@ -244,9 +246,7 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: (r["model"], args.levels.index(r["level"]), r["removed"]))
     text = "# Latency against MACs after removing units\n\n" + table(rows, args) + NOTES
     print()
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(args.out, text)
     return 0
 
 

@@ -29,6 +29,7 @@ from onnxcrit import select  # noqa: E402
 from onnxcrit.frontend import load_network  # noqa: E402
 from onnxcrit.scoring import compute_scores, masks_from_scores  # noqa: E402
 from methods import keep_top  # noqa: E402
+from results import publish  # noqa: E402
 import models  # noqa: E402
 
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist.npz")
@@ -145,11 +146,7 @@ def main(argv=None) -> int:
             "(digits: 450 images; MNIST: 10,000 test images).", "", table(rows),
             f"Total benchmark time {time.perf_counter() - t0:.0f} s on {os.cpu_count()} cores. "
             f"Command: `python tools/bench_scores.py{' --variants' if args.variants else ''}`"]
-    out = "\n".join(text) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(out)
-    print(out)
+    publish(args.out, "\n".join(text) + "\n")
     return 0
 
 

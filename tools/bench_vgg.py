@@ -34,6 +34,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(HERE, "bench"))
+
+from results import publish  # noqa: E402
 
 DATA = os.path.join(ROOT, "..", "shared", "data")
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "onnxcrit")
@@ -399,9 +402,7 @@ def main(argv=None) -> int:
                 "units removed lowest score first (ties by magnitude) until the parameter budget holds, kept units "
                 "at full strength; held-out accuracy (800 images) of that mask / of a magnitude mask with the same "
                 f"per-layer counts. Unpruned: {res['base']:.2f}%.\n\n" + heads_table(res, fractions))
-        with open(os.path.join(HERE, "results", "bench_vgg_heads.md"), "w") as f:
-            f.write(body)
-        print(body)
+        publish(os.path.join(HERE, "results", "bench_vgg_heads.md"), body)
         return 0
 
     name = "VGG-11 / CIFAR-10 (4 classes)"
@@ -470,11 +471,7 @@ def main(argv=None) -> int:
     if trained:
         text.append(f"Training (this run): {trained['seconds']:.0f} s for {trained['epochs']} epochs.")
     text.append(f"Benchmark total: {time.perf_counter() - t0:.0f} s.")
-    body = "\n".join(text) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(body)
-    print(body)
+    publish(args.out, "\n".join(text) + "\n")
     return 0
 
 

@@ -30,6 +30,7 @@ sys.path.insert(0, HERE)
 
 import methods  # noqa: E402
 import models  # noqa: E402
+from results import RESULTS, publish  # noqa: E402
 from onnxcrit import select  # noqa: E402
 from onnxcrit.api import _ort_accuracy  # noqa: E402
 from onnxcrit.data import Dataset  # noqa: E402
@@ -83,10 +84,7 @@ def main(argv=None) -> int:
     text = (f"Accuracy budget {args.budget:g} points, rescale tried both ways (the default), one process, "
             f"{os.cpu_count()} cores; onnxruntime with 1 thread. Command: `python tools/bench/budget_search.py`\n\n"
             + "\n".join(lines) + "\n")
-    out = os.path.join(ROOT, "tools", "results", "budget_search.md")
-    with open(out, "w") as f:
-        f.write(text)
-    print(text)
+    publish(os.path.join(RESULTS, "budget_search.md"), text)
     return 0
 
 

@@ -40,13 +40,13 @@ sys.path.insert(0, HERE)
 
 import methods  # noqa: E402
 import models  # noqa: E402
+from results import RESULTS, publish  # noqa: E402
 from onnxcrit import measure, select  # noqa: E402
 from onnxcrit.frontend import load_network  # noqa: E402
 from onnxcrit.rewrite import remove_units  # noqa: E402
 from onnxcrit.scoring import compute_scores  # noqa: E402
 from onnxcrit.validate import run_tensors  # noqa: E402
 
-RESULTS = os.path.join(ROOT, "tools", "results")
 POOL = 5000  # calibration pool: the first images of the training split
 RANDOM_SEEDS = 5
 CONFIGS = [  # (label, optimize options, selection needs the validation split)
@@ -478,17 +478,13 @@ def main(argv=None) -> int:
     text.append(f"Total {time.perf_counter() - clock:.0f} s on {os.cpu_count()} cores "
                 f"({platform.processor() or platform.machine()}). Command: `python tools/bench/run.py{subset}"
                 f"{' --no-studies' if args.no_studies else ''}`")
-    md = "\n".join(text) + "\n"
-    with open(os.path.join(args.out_dir, "bench_suite.md"), "w") as f:
-        f.write(md)
     summary = ["Test accuracy (%) at onnxcrit's per-layer kept counts, no fine-tuning; best per row in bold. Full "
                "table with agreement, scoring time and memory: tools/results/bench_suite.md.", "",
                summary_table(rows), "", *verdicts(rows, ranks, study), ""]
-    with open(os.path.join(args.out_dir, "bench_suite_summary.md"), "w") as f:
-        f.write("\n".join(summary))
+    publish(os.path.join(args.out_dir, "bench_suite_summary.md"), "\n".join(summary), echo=False)
     with open(os.path.join(args.out_dir, "bench_suite.json"), "w") as f:
         json.dump({"rows": rows, "ranking": ranks, "studies": study}, f, indent=1, sort_keys=True, default=_jsonable)
-    print(md)
+    publish(os.path.join(args.out_dir, "bench_suite.md"), "\n".join(text) + "\n")
     return 0
 
 
