@@ -371,6 +371,7 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
         "max_abs_logit_diff": float(f"{check.max_abs_logit_diff:.6g}"),
         "mean_abs_logit_diff": float(f"{check.mean_abs_logit_diff:.6g}"),
         "max_abs_vs_masked_ir": float(f"{check.max_abs_vs_masked_ir:.3g}"),
+        "masked_ir_tolerance": float(f"{check.tolerance:.3g}"),
         "solver": solver,
         "selection": {"rule": chosen.rule, "threshold": chosen.threshold, "notes": chosen.notes,
                       "attempts": attempts},

@@ -23,6 +23,7 @@ from .data import Dataset, load_data
 from .errors import InputError, UnsupportedModelError, ValidationError
 from .frontend import constant_values, load_network
 from .ir import Network
+from .tolerance import allowed_error, max_error
 from .validate import run_tensors, session, with_outputs
 
 KEPT_UNITS_KEY = "onnxcrit.kept_units"
@@ -592,8 +593,7 @@ def check_trained(original: onnx.ModelProto, trained: onnx.ModelProto, net: Netw
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if torch_logits is not None:
         logits = logits.reshape(torch_logits.shape)
-        scale = max(1.0, float(np.abs(torch_logits).max(initial=0)))
-        tol = (1e-4 if logits.dtype == np.float32 else 1e-9) * scale
-        gap = float(np.abs(logits - torch_logits).max(initial=0))
+        tol = allowed_error(torch_logits, logits.dtype)
+        gap = max_error(logits, torch_logits)
         if gap > tol:
             raise ValidationError(f"onnxruntime's logits differ from torch's by {gap:.3g} (tolerance {tol:.3g})")

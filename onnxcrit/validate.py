@@ -16,6 +16,7 @@ from .frontend import load_model
 from .ir import Network
 from .output import needs_external_data, write_model
 from .rewrite import with_bias_shift
+from .tolerance import allowed_error, max_error
 
 BATCH = 256  # onnxruntime runs in chunks of this many samples
 OPTIMIZATION_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -64,6 +65,7 @@ class ValidationReport:
     ok: bool
     reasons: list[str] = field(default_factory=list)
     max_abs_vs_masked_ir: float = float("nan")
+    tolerance: float = float("nan")  # what max_abs_vs_masked_ir was allowed (onnxcrit.tolerance's rule)
     agreement: float = float("nan")  # share of inputs whose top-1 class equals the original model's
     max_abs_logit_diff: float = float("nan")  # against the original model
     mean_abs_logit_diff: float = float("nan")
@@ -78,13 +80,13 @@ class ValidationReport:
 
 
 def check_rewrite(original: onnx.ModelProto, rewritten: onnx.ModelProto | str | Path, net_original: Network,
-                  scales: dict[int, np.ndarray], x_list: Sequence[np.ndarray], y=None, tol: float = 1e-5, *,
+                  scales: dict[int, np.ndarray], x_list: Sequence[np.ndarray], y=None, *,
                   compensation: dict[int, np.ndarray] | None = None) -> ValidationReport:
     """Validate a rewritten model against the original and the masked IR forward pass.
 
     Checks: onnx.checker (full, by path) and an onnxruntime CPU session on the model as written; input and
     output names, element types and ranks unchanged; logits equal `net_original.forward(x, scales)` (with
-    `compensation` bias shifts, if any) within tol * max(1, max |logit|) on every array of x_list. Measures top-1
+    `compensation` bias shifts, if any) within `tolerance.allowed_error` on every array of x_list. Measures top-1
     agreement and logit differences against the original. y labels x_list[-1] (or is a list of label arrays or
     None, one per x_list entry) and gives accuracy before/after.
     """
@@ -116,19 +118,20 @@ def check_rewrite(original: onnx.ModelProto, rewritten: onnx.ModelProto | str | 
             return report
         report.reasons += _output_changes(written, original, old_outputs, new_outputs)
     reference = with_bias_shift(net_original, compensation)
+    refs = [reference.forward(_inputs(x, net_original), scales=scales) for x in x_list]
+    # one allowance for the whole check, relative to the largest logit of any set compared
+    report.tolerance = allowed_error(np.concatenate([r.reshape(-1) for r in refs]), net_original.input_dtype)
     errors, diffs, agree, correct_before, correct_after, labelled = [], [], [], 0, 0, 0
-    for i, (x, new, old) in enumerate(zip(x_list, new_logits, old_logits)):
-        ref = reference.forward(_inputs(x, net_original), scales=scales)
+    for i, (ref, new, old) in enumerate(zip(refs, new_logits, old_logits)):
         if new.shape != ref.shape:
             report.reasons.append(f"input set {i}: logits have shape {list(new.shape)}, expected {list(ref.shape)}")
             errors.append(float("inf"))
             continue
-        allowed = tol * max(1.0, float(np.abs(ref).max(initial=0.0)))
-        err = float(np.abs(new - ref).max(initial=0.0))
+        err = max_error(new, ref)
         errors.append(err)
-        if err > allowed:
+        if err > report.tolerance:
             report.reasons.append(f"input set {i}: logits differ from the masked IR forward pass by {err:.3g} "
-                                  f"(allowed {allowed:.3g})")
+                                  f"(allowed {report.tolerance:.3g})")
         diffs.append(np.abs(new.astype(np.float64) - old).reshape(-1))
         agree.append(new.argmax(axis=1) == old.argmax(axis=1))
         labels = _labels_for(y, i, len(x_list))

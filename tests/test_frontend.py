@@ -9,18 +9,18 @@ from onnx import helper, numpy_helper
 
 from onnxcrit.errors import InputError, UnsupportedModelError
 from onnxcrit.frontend import load_network, to_network
+from onnxcrit.tolerance import assert_same
 from onnxcrit.validate import run_tensors
 
 from .onnx_builders import GraphBuilder, cnn, mlp, sample_inputs
 
 
-def assert_matches_ort(model: onnx.ModelProto, n: int = 6, tol: float = 1e-5):
+def assert_matches_ort(model: onnx.ModelProto, n: int = 6):
     net = to_network(model)
     x = sample_inputs(model, n)
     ref = run_tensors(model, net.input_name, x, [net.logits_name])[0]
     ours = net.forward(x)
-    assert ours.shape == ref.shape
-    np.testing.assert_allclose(ours, ref, atol=tol, rtol=0)
+    assert_same(ours, ref, net.input_dtype)
     return net
 
 
@@ -69,7 +69,7 @@ def test_reshape_attribute_form_opset1():
     net_old, net_new = to_network(old), to_network(new)
     x = sample_inputs(new)
     ref = run_tensors(new, net_new.input_name, x, [net_new.logits_name])[0]
-    np.testing.assert_allclose(net_old.forward(x), ref, atol=1e-5, rtol=0)
+    assert_same(net_old.forward(x), ref)
     assert net_old.layers[[l.kind for l in net_old.layers].index("reshape")].shape_node is not None
 
 
@@ -234,7 +234,7 @@ def test_exported_files_match_onnxruntime(path):
     sample = path.with_name(path.stem + "_x.npz")
     x = np.load(sample)["x"] if sample.exists() else np.load(path.with_name(path.stem + "_eval.npz"))["x"][:64]
     ref = run_tensors(model, net.input_name, x, [net.logits_name])[0]
-    np.testing.assert_allclose(net.forward(x), ref, atol=1e-5, rtol=0)
+    assert_same(net.forward(x), ref, net.input_dtype)
 
 
 def test_exporter_specifics_are_recognised():

@@ -16,6 +16,7 @@ from onnxcrit.measure import stored_params
 from onnxcrit.output import has_external_data, write_model
 from onnxcrit.rewrite import (bias_compensation, dead_units, remove_units, scales_from_keep,
                               with_bias_shift)
+from onnxcrit.tolerance import assert_same
 from onnxcrit.validate import run_tensors
 
 from .onnx_builders import GraphBuilder, cnn, mlp, sample_inputs
@@ -33,14 +34,14 @@ def rewritten_logits(model, net, x):
     return run_tensors(model, net.input_name, x, [net.logits_name], dtype=net.input_dtype)[0]
 
 
-def assert_rewrite_exact(model, net, scales, x, compensation=None, tol=1e-5):
+def assert_rewrite_exact(model, net, scales, x, compensation=None):
     """Rewrite, then: logits == masked IR forward, unit counts as masked, input model untouched."""
     before = model.SerializeToString()
     new, new_net = remove_units(model, net, scales, compensation=compensation)
     assert model.SerializeToString() == before, "remove_units changed its input model"
     ref = with_bias_shift(net, compensation).forward(x, scales=scales)
     got = rewritten_logits(new, new_net, x)
-    np.testing.assert_allclose(got, ref, atol=tol * max(1.0, np.abs(ref).max()), rtol=0)
+    assert_same(got, ref, net.input_dtype)
     for i in net.linear_indices():
         want = int(np.count_nonzero(scales[i])) if i in scales else net.layers[i].units
         assert new_net.layers[i].units == want
@@ -176,9 +177,8 @@ def test_constant_nodes_and_float16_keep_their_storage():
     assert [n.op_type for n in new.graph.node].count("Constant") == len(consts)
     x = sample_inputs(model).astype(np.float16)
     ref = net.forward(x, scales=scales)
-    np.testing.assert_allclose(new_net.forward(x), ref, atol=2e-2 * max(1, np.abs(ref).max()))
-    got = rewritten_logits(new, new_net, x)
-    np.testing.assert_allclose(got, ref, atol=2e-2 * max(1, np.abs(ref).max()))
+    assert_same(new_net.forward(x), ref, np.float16)
+    assert_same(rewritten_logits(new, new_net, x), ref, np.float16)
 
 
 @pytest.mark.parametrize("ir_version", [3, 8])
@@ -270,7 +270,7 @@ def test_dead_units_of_trained_models(kind):
     before = run_tensors(model, net.input_name, x, [o.name for o in model.graph.output])
     after = run_tensors(new, net.input_name, x, [o.name for o in model.graph.output])
     for a, b in zip(before, after):
-        np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
+        assert_same(b, a)
     assert new_net.macs < net.macs
 
 
@@ -288,7 +288,7 @@ def test_dead_units_are_removed_without_changing_outputs():
     assert dead[2].sum() >= len(value[::3])
     new, new_net = remove_units(model, net, scales_from_keep({k: ~d for k, d in dead.items()}))
     ref = net.forward(x)
-    np.testing.assert_allclose(rewritten_logits(new, new_net, x), ref, atol=1e-6 * np.abs(ref).max())
+    assert_same(rewritten_logits(new, new_net, x), ref)
     # over a whole input box the same holds, for any point of the box
     box = interval_bounds(net, np.full((1, 64), 0.5), 0.5)
     dead_box = dead_units(net, box)
@@ -296,7 +296,7 @@ def test_dead_units_are_removed_without_changing_outputs():
     new, new_net = remove_units(model, net, scales_from_keep({k: ~d for k, d in dead_box.items()}))
     points = np.random.default_rng(0).uniform(0, 1, (64, 64)).astype(np.float32)
     ref = net.forward(points)
-    np.testing.assert_allclose(rewritten_logits(new, new_net, points), ref, atol=1e-6 * np.abs(ref).max())
+    assert_same(rewritten_logits(new, new_net, points), ref)
 
 
 def test_layer_without_relu_has_no_dead_units():
