@@ -277,6 +277,9 @@ class Network:
     logits_name: str = ""
     output_names: tuple[str, ...] = ()
     tail_ops: tuple[str, ...] = ()
+    # the batch size the model's declared input accepts when it is fixed (e.g. 1); None when it is free.
+    # Everything that runs the model (evaluation, validation, latency) feeds it batches of exactly this size.
+    fixed_batch: int | None = None
 
     def linear_indices(self) -> list[int]:
         """Positions of the Dense/Conv layers in `layers`."""
