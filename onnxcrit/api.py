@@ -19,10 +19,10 @@ from . import measure, select
 from .bounds import interval_bounds
 from .data import Dataset, load_data
 from .errors import BudgetError, InputError, SolveError
-from .frontend import load_network
-from .ir import Network
+from .frontend import load_model, load_network
+from .ir import INPUT_STAGE_KINDS, Network
 from .rewrite import bias_compensation, dead_units, remove_units
-from .validate import check_rewrite, run_tensors
+from .validate import check_canonical, check_rewrite, run_tensors
 
 # A run with evaluation data and no budget never silently costs more than this many accuracy points.
 DEFAULT_ACCURACY_BUDGET = 1.0
@@ -121,8 +121,12 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     net, proto = load_network(model)
     calib = load_data(data, net, what="calibration data")
     evald = load_data(eval_data, net, what="evaluation data") if eval_data is not None else None
+    patterns = recognised_patterns(net)
+    if net.canonicalised:  # the canonical graph must compute what the published file computes
+        check_canonical(load_model(model), proto, net, calib.x)
     timings["load"] = time.perf_counter() - clock
-    progress.done("load", f"{len(net.scored_indices())} prunable layers, {net.params:,} parameters")
+    progress.done("load", f"{len(net.scored_indices())} prunable layers, {net.params:,} parameters"
+                          + (f"; recognised {', '.join(patterns)}" if patterns else ""))
     used_mode, mode_reason = mode, "requested"
     if mode != "full":
         from . import decoupled
@@ -226,6 +230,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
                                            seed=seed, rescale=rescale, compensation=compensation, mode=mode,
                                            workers=workers))
     report["mode"], report["mode_reason"] = used_mode, mode_reason
+    report["canonicalised"] = patterns
     report["blocks"] = scored.blocks if used_mode == "decoupled" else []
     timings["measure"] = time.perf_counter() - clock
     progress.done("measure")
@@ -247,6 +252,18 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
         progress.done("finetune", f"{tuned.epochs} epochs")
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
     return Result(model=new_model, network=new_net, report=report, scores=scored.scores, scales=scales)
+
+
+def recognised_patterns(net: Network) -> list[str]:
+    """Exporter patterns the model was read through: the canonical passes that changed it (canonical.py), the
+    input stage the IR computes (normalisation, NHWC transpose), a fixed batch size, a convolutional head."""
+    found = list(net.canonicalised)
+    found += sorted({f"input_{layer.kind}" for layer in net.layers if layer.kind in INPUT_STAGE_KINDS})
+    if net.fixed_batch is not None:
+        found.append(f"fixed_batch_{net.fixed_batch}")
+    if net.layers[net.linear_indices()[-1]].kind == "conv":
+        found.append("convolutional_head")
+    return found
 
 
 def _search(attempt, net, available: int, time_limit: float, progress):

@@ -39,8 +39,10 @@ def interval_bounds(net: Network, x: np.ndarray, eps: float, batch_size: int = 2
                 spread = abs_layers[i].forward(rad)
                 lo, hi = centre - spread, centre + spread
             else:
-                # Relu, pooling and reshapes are monotone: apply them to each end of the interval
-                lo, hi = layer.forward(lo), layer.forward(hi)
+                # Relu, pooling, reshapes and input affines act on each element monotonically (increasing,
+                # or decreasing for a negative scale): the images of the two ends bound the interval's image
+                a, b = layer.forward(lo), layer.forward(hi)
+                lo, hi = np.minimum(a, b), np.maximum(a, b)
             lows[i].append(lo)
             ups[i].append(hi)
     empty = [np.zeros((0, *layer.out_shape)) for layer in net.layers]

@@ -24,7 +24,7 @@ from .errors import InputError, UnsupportedModelError, ValidationError
 from .frontend import constant_values, load_network
 from .ir import Network
 from .tolerance import allowed_error, max_error
-from .validate import run_tensors, session, with_outputs
+from .validate import run_batched, run_tensors, session
 
 KEPT_UNITS_KEY = "onnxcrit.kept_units"
 MISSING_EXTRA = ("fine-tuning needs the 'finetune' extra: pip install 'onnxcrit[finetune]' "
@@ -447,16 +447,13 @@ def _onnx_values(slots: dict[str, _Slot], shapes: dict[str, np.ndarray]) -> dict
             for name, slot in slots.items()}
 
 
-def accuracy(model: onnx.ModelProto, net: Network, data: Dataset, batch: int = 4096) -> float:
+def accuracy(model: onnx.ModelProto, net: Network, data: Dataset) -> float:
     """Percent of samples whose logits (computed by onnxruntime) have the label as their largest entry."""
-    return 100.0 * float(np.mean(_ort_logits(model, net, data.x, batch).argmax(axis=1) == data.y))
+    return 100.0 * float(np.mean(_ort_logits(model, net, data.x).argmax(axis=1) == data.y))
 
 
-def _ort_logits(model: onnx.ModelProto, net: Network, x: np.ndarray, batch: int = 4096) -> np.ndarray:
-    sess = session(with_outputs(model, [net.logits_name]))
-    parts = [sess.run([net.logits_name], {net.input_name: x[s:s + batch].astype(net.input_dtype)})[0]
-             for s in range(0, len(x), batch)]
-    return np.concatenate(parts, axis=0).reshape(len(x), -1)
+def _ort_logits(model: onnx.ModelProto, net: Network, x: np.ndarray) -> np.ndarray:
+    return run_tensors(model, net.input_name, x, [net.logits_name], dtype=net.input_dtype)[0].reshape(len(x), -1)
 
 
 def _train_model(torch, onnx2torch, net: Network, proto: onnx.ModelProto, train, eval_data, *, epochs, lr,
@@ -585,8 +582,7 @@ def check_trained(original: onnx.ModelProto, trained: onnx.ModelProto, net: Netw
     if interface(original) != interface(trained):
         raise ValidationError("trained model changed the inputs, outputs or opset imports")
     try:
-        sess = session(trained)
-        sess.run(None, {net.input_name: x[:8].astype(net.input_dtype)})
+        run_batched(session(trained), net.input_name, x[:8].astype(net.input_dtype))
         logits = run_tensors(trained, net.input_name, x, [net.logits_name], dtype=net.input_dtype)[0]
     except Exception as exc:
         raise ValidationError(f"onnxruntime cannot run the trained model ({type(exc).__name__}: "

@@ -14,11 +14,13 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import InputError, UnsupportedModelError
-from .ir import AvgPool, Conv, Dense, MaxPool, Network, ParamRef, Relu, Reshape
+from .ir import (LINEAR_KINDS, Affine, AvgPool, Conv, Dense, MaxPool, Network, ParamRef, Relu,
+                 Reshape, Transpose)
 
 # Ops after the logits that onnxcrit keeps untouched and ignores (scikit-learn's exporter adds the last few).
+# Relu, Softmax, Sigmoid are monotone per logit or order-preserving, so the logits underneath decide the class.
 TAIL_OPS = {"Softmax", "LogSoftmax", "ArgMax", "Identity", "Cast", "ArrayFeatureExtractor", "ZipMap",
-            "Reshape", "Flatten", "Sigmoid"}
+            "Reshape", "Flatten", "Sigmoid", "Relu"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
@@ -246,8 +248,50 @@ def _on_conv(walk: _Walk, node: onnx.NodeProto) -> None:
     _add_linear(walk, layer)
 
 
+def _has_linear(walk: _Walk) -> bool:
+    return any(layer.kind in LINEAR_KINDS for layer in walk.layers)
+
+
+def _on_affine(walk: _Walk, node: onnx.NodeProto) -> None:
+    """Sub/Div/Mul/Add of a constant before the first linear layer (input normalisation, Keras Rescaling)."""
+    op = node.op_type
+    if _has_linear(walk):
+        walk.fail(node, f"{op} of a constant is supported before the first Gemm/MatMul/Conv only (input "
+                        "normalisation), not between layers")
+    first = node.input[0] == walk.tensor
+    other = node.input[1] if first else node.input[0]
+    if other == walk.tensor:
+        walk.fail(node, f"applies {op} to the activation and itself")
+    c = walk.const(other, node, "operand").astype(np.float64)
+    full = (1,) + walk.shape
+    try:
+        if np.broadcast_shapes(c.shape, full) != full:
+            raise ValueError
+    except ValueError:
+        walk.fail(node, f"constant '{other}' {list(c.shape)} does not broadcast to the input's per-sample shape "
+                        f"{list(walk.shape)}")
+    c = np.broadcast_to(c, full)[0]
+    if op == "Add":
+        scale, shift = np.ones_like(c), c
+    elif op == "Sub":
+        scale, shift = (np.ones_like(c), -c) if first else (-np.ones_like(c), c)
+    elif op == "Mul":
+        scale, shift = c, np.zeros_like(c)
+    else:  # Div
+        if not first:
+            walk.fail(node, "divides a constant by the activation (not an affine map)")
+        if np.any(c == 0):
+            walk.fail(node, f"divides by constant '{other}', which has zero entries")
+        scale, shift = 1.0 / c, np.zeros_like(c)
+    walk.layers.append(Affine(name=node.name or node.output[0], in_shape=walk.shape, scale=scale, shift=shift,
+                              nodes=(node.name,)))
+    walk.open_linear = False
+
+
 def _on_add(walk: _Walk, node: onnx.NodeProto) -> None:
-    """Add of a constant right after a linear layer: its bias."""
+    """Add of a constant right after a linear layer: its bias; before the first linear layer: normalisation."""
+    if not _has_linear(walk):
+        return _on_affine(walk, node)
     other = node.input[1] if node.input[0] == walk.tensor else node.input[0]
     if other == walk.tensor:
         walk.fail(node, "adds the activation to itself")
@@ -443,9 +487,16 @@ def _on_transpose(walk: _Walk, node: onnx.NodeProto) -> None:
     if sorted(perm) != list(range(len(full))):
         walk.fail(node, f"perm {perm} does not fit rank {len(full)}")
     moved = [p for p in perm if full[p] != 1]
+    if perm[0] == 0 and moved != sorted(moved) and not _has_linear(walk):
+        # on the input (an NHWC image turned NCHW): the graph keeps it, the IR computes it
+        walk.layers.append(Transpose(name=node.name or node.output[0], in_shape=walk.shape,
+                                     perm=tuple(p - 1 for p in perm[1:]), nodes=(node.name,)))
+        walk.shape = walk.layers[-1].out_shape
+        walk.open_linear = False
+        return
     if perm[0] != 0 or moved != sorted(moved):
-        walk.fail(node, f"perm {perm} changes the memory layout of {list(walk.shape)} (only layout no-ops are "
-                        "supported)")
+        walk.fail(node, f"perm {perm} changes the memory layout of {list(walk.shape)} between layers (supported: "
+                        "on the input, and right before the flatten that feeds a dense layer)")
     _add_reshape(walk, node, tuple(full[p] for p in perm[1:]), None)
 
 
@@ -462,6 +513,9 @@ BODY_OPS: dict[str, Callable[[_Walk, onnx.NodeProto], None]] = {
     "MatMul": _on_matmul,
     "Conv": _on_conv,
     "Add": _on_add,
+    "Sub": _on_affine,
+    "Mul": _on_affine,
+    "Div": _on_affine,
     "BatchNormalization": _on_batchnorm,
     "Relu": _on_relu,
     "MaxPool": _on_maxpool,
@@ -497,10 +551,18 @@ def _opset(model: onnx.ModelProto) -> int:
     return 1
 
 
+# what may stand between the last linear layer and the logits: an all-convolutional head
+# (Conv -> [Relu] -> GlobalAveragePool / Flatten / Reshape -> logits)
+HEAD_KINDS = ("relu", "avgpool", "reshape")
+
+
 def _at_tail(walk: _Walk, nodes) -> bool:
-    """True when the walked tensor is the logits: the last layer is linear and only tail ops (or no op) follow."""
-    linear = [l for l in walk.layers if l.kind in ("dense", "conv")]
-    if not linear or walk.layers[-1].kind not in ("dense", "conv"):
+    """True when the walked tensor is the logits: a vector per sample after the last linear layer (and, for a
+    convolutional head, its pooling and flatten), followed by tail ops only (or by nothing)."""
+    linear = [i for i, layer in enumerate(walk.layers) if layer.kind in LINEAR_KINDS]
+    if not linear or len(walk.shape) != 1:
+        return False
+    if any(layer.kind not in HEAD_KINDS for layer in walk.layers[linear[-1] + 1:]):
         return False
     if not nodes:
         return True
@@ -561,8 +623,8 @@ def to_network(model: onnx.ModelProto) -> Network:
             break
         if not nodes:
             if walk.tensor in outputs:
-                raise UnsupportedModelError(f"output '{walk.tensor}' does not come from a Gemm, MatMul or Conv "
-                                            "layer (the last layer must be linear, e.g. no ReLU on the logits)")
+                raise UnsupportedModelError(f"output '{walk.tensor}' (per-sample shape {list(walk.shape)}) is not "
+                                            "a vector of logits computed by a Gemm, MatMul or Conv layer")
             raise UnsupportedModelError(f"tensor '{walk.tensor}' is not used and is no output")
         if len(nodes) > 1:
             nodes = _fold_shape_branch(walk, nodes)
@@ -584,17 +646,14 @@ def to_network(model: onnx.ModelProto) -> Network:
         main_outputs = [o for o in node.output[:1] if o]
         walk.tensor = main_outputs[0]
     _check_dead_ends(walk, graph, outputs)
-    linear = [layer for layer in walk.layers if layer.kind in ("dense", "conv")]
+    linear = [layer for layer in walk.layers if layer.kind in LINEAR_KINDS]
     if len(linear) < 2:
         raise UnsupportedModelError("model has fewer than two Gemm/MatMul/Conv layers: nothing to prune")
     if not any(layer.kind == "relu" for layer in walk.layers):
         raise UnsupportedModelError("model has no Relu: onnxcrit optimises ReLU networks")
-    if linear[-1].kind != "dense":
-        raise UnsupportedModelError(f"the last layer '{linear[-1].name}' is a convolution; the output layer "
-                                    "must be dense (Gemm/MatMul)")
     return Network(layers=walk.layers, input_name=vi.name, input_shape=tuple(shape),
                    input_dtype=np.dtype(_ELEM_TO_NUMPY[ttype.elem_type]), logits_name=walk.tensor,
-                   output_names=tuple(o.name for o in graph.output), tail_ops=tuple(tail_ops))
+                   output_names=tuple(o.name for o in graph.output), tail_ops=tuple(tail_ops), fixed_batch=batch)
 
 
 def _fold_shape_branch(walk: _Walk, nodes: list[int]) -> list[int]:
@@ -662,7 +721,7 @@ def _evaluate_shape(walk: _Walk, node_ids: list[int], output: str, batch: int) -
 
 
 def _why_unsupported(op: str) -> str:
-    if op in ("Concat", "Split", "Sum", "Mul", "Sub", "Div"):
+    if op in ("Concat", "Split", "Sum"):
         return "onnxcrit needs a feed-forward chain of Gemm/MatMul/Conv, bias, BatchNorm, Relu and pooling"
     if op in ("Sigmoid", "Tanh", "LeakyRelu", "PRelu", "Elu", "Selu", "Gelu", "HardSigmoid", "Clip", "Softplus"):
         return "only Relu activations are supported inside the network"
@@ -696,7 +755,10 @@ def _check_dead_ends(walk: _Walk, graph: onnx.GraphProto, outputs: set[str]) -> 
 
 
 def load_network(source: str | os.PathLike | onnx.ModelProto) -> tuple[Network, onnx.ModelProto]:
-    """Load an ONNX model and recognise it: (Network, the ModelProto with external data loaded)."""
+    """Load an ONNX model, canonicalise it (`canonical.canonicalise`) and recognise it: (Network, the canonical
+    ModelProto with external data loaded). `Network.canonicalised` names the passes that changed the graph."""
+    from .canonical import canonicalise
+
     model = load_model(source)
     try:
         onnx.checker.check_model(model)
@@ -705,7 +767,10 @@ def load_network(source: str | os.PathLike | onnx.ModelProto) -> tuple[Network, 
         raise InputError(f"{_name_of(source)}: not a valid ONNX model ({first})") from None
     except ValueError:
         pass  # over 2 GB in memory: the checker needs a path; the walk below still validates what it uses
-    return to_network(model), model
+    canonical = canonicalise(model)
+    net = to_network(canonical.model)
+    net.canonicalised = tuple(canonical.passes)
+    return net, canonical.model
 
 
 def _name_of(source) -> str:

@@ -262,7 +262,47 @@ class Reshape:
         return x.reshape(x.shape[0], *self.out_shape)
 
 
-Layer = Union[Dense, Conv, Relu, MaxPool, AvgPool, Reshape]
+@dataclass
+class Affine:
+    """x * scale + shift with constant arrays broadcast over the per-sample shape: input normalisation written
+    as Sub/Div/Mul/Add nodes before the first linear layer. Kept in the graph as it is; the IR computes it."""
+
+    name: str
+    in_shape: tuple[int, ...]
+    scale: np.ndarray  # broadcastable to in_shape, float64
+    shift: np.ndarray
+    nodes: tuple[str, ...] = ()
+    kind = "affine"
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self.in_shape
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x * self.scale + self.shift
+
+
+@dataclass
+class Transpose:
+    """A per-sample axis permutation before the first linear layer (an NHWC input turned NCHW)."""
+
+    name: str
+    in_shape: tuple[int, ...]
+    perm: tuple[int, ...]  # per-sample axes, the batch axis excluded
+    nodes: tuple[str, ...] = ()
+    kind = "transpose"
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(self.in_shape[p] for p in self.perm)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x.transpose(0, *(p + 1 for p in self.perm))
+
+
+Layer = Union[Dense, Conv, Relu, MaxPool, AvgPool, Reshape, Affine, Transpose]
+# layers that may only stand before the first linear layer: they see constants in the MIP, own no units
+INPUT_STAGE_KINDS = ("affine", "transpose")
 LINEAR_KINDS = ("dense", "conv")
 
 
@@ -280,6 +320,7 @@ class Network:
     # the batch size the model's declared input accepts when it is fixed (e.g. 1); None when it is free.
     # Everything that runs the model (evaluation, validation, latency) feeds it batches of exactly this size.
     fixed_batch: int | None = None
+    canonicalised: tuple[str, ...] = ()  # the exact ONNX passes that made the graph readable (canonical.py)
 
     def linear_indices(self) -> list[int]:
         """Positions of the Dense/Conv layers in `layers`."""
@@ -291,7 +332,7 @@ class Network:
 
     @property
     def num_classes(self) -> int:
-        return self.layers[self.linear_indices()[-1]].units
+        return int(np.prod(self.layers[-1].out_shape))
 
     @property
     def params(self) -> int:

@@ -70,11 +70,17 @@ def keep_by_threshold(net: Network, scores: dict[int, np.ndarray], threshold: fl
 
 
 def to_scales(scores: dict[int, np.ndarray], keep: dict[int, np.ndarray], rescale: bool) -> dict[int, np.ndarray]:
-    """0 for removed units; the score (rescale) or 1 for kept ones."""
+    """0 for removed units; the score (rescale) or 1 for kept ones.
+
+    When every kept unit of a layer scores 0 (the MIP silenced the whole layer), they are deployed at full
+    strength: at their score the layer would lose every unit, and a layer keeps at least one.
+    """
     out = {}
     for i, s in scores.items():
         kept_value = np.clip(s, 0.0, 1.0) if rescale else np.ones_like(s)
         out[i] = np.where(keep[i], kept_value, 0.0)
+        if not out[i].any():
+            out[i] = keep[i].astype(np.float64)
     return out
 
 

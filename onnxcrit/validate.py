@@ -51,11 +51,58 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return copy
 
 
+def declared_batch(sess: ort.InferenceSession, input_name: str) -> int | None:
+    """The batch size the model's input is declared with, when it is a fixed number (e.g. 1); else None."""
+    dim = next(i for i in sess.get_inputs() if i.name == input_name).shape[0]
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, names: list[str] | None = None
+                ) -> list[np.ndarray]:
+    """Run x through the session in chunks: of the declared batch size when the model fixes one (the last chunk
+    padded with zeros, whose outputs are dropped), else of BATCH samples. Outputs are concatenated."""
+    fixed = declared_batch(sess, input_name)
+    step = fixed or BATCH
+    chunks = []
+    for start in range(0, len(x), step):
+        part = x[start:start + step]
+        if fixed and len(part) < fixed:
+            part = np.concatenate([part, np.zeros((fixed - len(part), *part.shape[1:]), part.dtype)])
+        outs = sess.run(names, {input_name: part})
+        chunks.append([o[:min(step, len(x) - start)] for o in outs])
+    if not chunks:
+        return [np.zeros((0,)) for _ in (names or sess.get_outputs())]
+    return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+
+
 def run_tensors(model: onnx.ModelProto, input_name: str, x: np.ndarray, names: list[str],
                 dtype=np.float32) -> list[np.ndarray]:
-    """Values of the named tensors for input x, computed by onnxruntime."""
+    """Values of the named tensors for input x, computed by onnxruntime (batched as `run_batched`)."""
     sess = session(with_outputs(model, names))
-    return sess.run(names, {input_name: np.asarray(x, dtype=dtype)})
+    return run_batched(sess, input_name, np.asarray(x, dtype=dtype), names)
+
+
+def check_canonical(published: onnx.ModelProto, canonical: onnx.ModelProto, net: Network, x: np.ndarray) -> float:
+    """The canonical model computes the published model's outputs on x (onnxruntime, `tolerance.allowed_error`
+    on every float output) and keeps its interface; returns the largest difference, raises ValidationError."""
+    reasons = _interface_changes(published, canonical)
+    x = _inputs(x, net)
+    names = [o.name for o in published.graph.output]
+    with tempfile.TemporaryDirectory(prefix="onnxcrit-canonical-") as tmp:
+        before = run_batched(_probe(published, names, tmp, "published"), net.input_name, x, names)
+        after = run_batched(_probe(canonical, names, tmp, "canonical"), net.input_name, x, names)
+    worst = 0.0
+    for name, a, b in zip(names, before, after):
+        if a.dtype.kind != "f":
+            continue  # labels follow from the float outputs compared here
+        err, allowed = max_error(b, a), allowed_error(a, net.input_dtype)
+        worst = max(worst, err)
+        if a.shape != b.shape or err > allowed:
+            reasons.append(f"output '{name}' differs by {err:.3g} (allowed {allowed:.3g})")
+    if reasons:
+        passes = ", ".join(net.canonicalised) or "none"
+        raise ValidationError(f"canonicalisation ({passes}) changed the model: " + "; ".join(reasons))
+    return worst
 
 
 @dataclass
@@ -106,11 +153,12 @@ def check_rewrite(original: onnx.ModelProto, rewritten: onnx.ModelProto | str | 
         try:
             first = _inputs(x_list[0], net_original)[:2]
             written = session(str(path))
-            new_outputs = written.run(None, {net_original.input_name: first})
+            new_outputs = run_batched(written, net_original.input_name, first)
             new_logits = _logits(model, net_original, x_list, tmp, "rewritten")
             old_sess = _probe(original, [o.name for o in original.graph.output] + [net_original.logits_name], tmp,
                               "original")
-            old_outputs = old_sess.run([o.name for o in original.graph.output], {net_original.input_name: first})
+            old_outputs = run_batched(old_sess, net_original.input_name, first,
+                                      [o.name for o in original.graph.output])
             old_logits = _logits(original, net_original, x_list, tmp, "original", old_sess)
         except Exception as exc:  # noqa: BLE001 - onnxruntime errors come in many types
             report.reasons.append(f"onnxruntime: {_first_line(exc)}")
@@ -221,7 +269,6 @@ def _logits(model: onnx.ModelProto, net: Network, x_list, tmp: str, tag: str,
     logits = []
     for x in x_list:
         x = _inputs(x, net)
-        chunks = [sess.run([net.logits_name], {net.input_name: x[i:i + BATCH]})[0]
-                  for i in range(0, len(x), BATCH)]
-        logits.append(np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, net.num_classes)))
+        value = run_batched(sess, net.input_name, x, [net.logits_name])[0] if len(x) else np.zeros((0, 1))
+        logits.append(value.astype(np.float64).reshape(len(x), net.num_classes))
     return logits

@@ -199,3 +199,184 @@ def sample_inputs(model: onnx.ModelProto, n=4, seed=0) -> np.ndarray:
     """Random inputs shaped like the model's input."""
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
     return np.random.default_rng(seed).standard_normal((n, *dims)).astype(np.float32)
+
+
+# published-file patterns (what other exporters write) ------------------------------------------------------
+
+def _finish(g: GraphBuilder, opset: int, out_shape=None, producer="onnxcrit-tests") -> onnx.ModelProto:
+    """Like GraphBuilder.model, with a declared output shape (fixed-batch exporters declare [1, classes])."""
+    if out_shape is None:
+        first = g.input.type.tensor_type.shape.dim[0]
+        out_shape = [first.dim_value or first.dim_param, *g.shape]
+    out = helper.make_tensor_value_info(g.tensor, TensorProto.FLOAT, out_shape)
+    graph = helper.make_graph(g.nodes, "net", [g.input], [out], g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer)
+    model.ir_version = 4 if opset <= 9 else min(model.ir_version, 8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _raw(g: GraphBuilder, op, inputs, outputs=1, **attrs):
+    """A node whose inputs are given in full (not chained from g.tensor); returns its output name(s)."""
+    name = g.name(op.lower())
+    outs = [f"{name}_out{i}" if outputs > 1 else f"{name}_out" for i in range(outputs)]
+    g.nodes.append(helper.make_node(op, list(inputs), outs, name=name, **attrs))
+    return outs if outputs > 1 else outs[0]
+
+
+def normalised_cnn(seed=0, per_channel=True, identity=False, batch="batch"):
+    """(x - mean) / std on the input (torch: Sub, Div with [1, C, 1, 1] constants), then a padded conv net."""
+    g = GraphBuilder((3, 8, 8), seed=seed, batch=batch)
+    shape = (1, 3, 1, 1) if per_channel else ()
+    mean = np.zeros(shape, np.float32) if identity else g.rng.uniform(0.2, 0.6, shape).astype(np.float32)
+    std = np.ones(shape, np.float32) if identity else g.rng.uniform(0.2, 0.4, shape).astype(np.float32)
+    g.node("Sub", [g.const(mean, "mean")])
+    g.node("Div", [g.const(std, "std")])
+    g.conv(4, pad=1)
+    g.relu()
+    g.maxpool()
+    g.flatten()
+    g.dense(6)
+    g.relu()
+    g.dense(5)
+    return _finish(g, 13)
+
+
+def rescaled_mlp(seed=0):
+    """Keras Rescaling as tf2onnx writes it: Mul by a scale, then Add an offset, before the first MatMul."""
+    g = GraphBuilder((12,), seed=seed, input_name="dense_input")
+    g.node("Mul", [g.const(np.array(1 / 255, np.float32), "scale")])
+    g.node("Add", [g.const(np.array(-0.5, np.float32), "offset")])
+    for units, last in ((10, False), (8, False), (5, True)):
+        g.dense(units, style="matmul")
+        if not last:
+            g.relu()
+    return _finish(g, 13)
+
+
+def nhwc_cnn(seed=0, batch="unk__6", softmax=True, channels=2):
+    """tf2onnx's keras CNN: NHWC input, Transpose [0,3,1,2], conv blocks, Transpose [0,2,3,1] before the
+    Reshape that feeds the first MatMul (Keras flattens in NHWC order)."""
+    g = GraphBuilder((8, 8, channels), seed=seed, input_name="input_1", batch=batch)
+    g.node("Transpose", [], perm=[0, 3, 1, 2])
+    g.shape = (channels, 8, 8)
+    g.conv(4, pad=1)
+    g.relu()
+    g.maxpool()
+    g.conv(3, pad=0)
+    g.relu()
+    c, h, w = g.shape
+    g.node("Transpose", [], perm=[0, 2, 3, 1])
+    g.node("Reshape", [g.const(np.array([-1, c * h * w], np.int64), "const_fold_opt")])
+    g.shape = (c * h * w,)
+    g.dense(6, style="matmul")
+    g.relu()
+    g.dense(5, style="matmul")
+    if softmax:
+        g.tail("softmax")
+    return _finish(g, 13, [batch, 5])
+
+
+def cntk_cnn(seed=0):
+    """The ONNX model zoo's mnist-8 shape (CNTK, opset 8): fixed batch 1, weights produced by Reshape nodes from
+    initializers of another shape, SAME_UPPER conv, bias as an Add of [C, 1, 1], a fixed [1, N] Reshape."""
+    g = GraphBuilder((1, 8, 8), seed=seed, input_name="Input3", batch=1)
+    w1 = g.weights(4, 1, 3, 3)
+    w1_flat = _raw(g, "Reshape", [g.const(w1.reshape(-1), "Parameter5"),
+                                  g.const(np.array([4, 1, 3, 3], np.int64), "shape")])
+    g.node("Conv", [w1_flat], kernel_shape=[3, 3], strides=[1, 1], auto_pad="SAME_UPPER")
+    g.node("Add", [g.const((0.1 * g.rng.standard_normal((4, 1, 1))).astype(np.float32), "Parameter6")])
+    g.relu()
+    g.node("MaxPool", [], kernel_shape=[2, 2], strides=[2, 2])
+    g.node("Reshape", [g.const(np.array([1, 64], np.int64), "shape")])
+    w2 = g.weights(64, 10)
+    w2_in = _raw(g, "Reshape", [g.const(w2.reshape(4, 4, 4, 10), "Parameter193"),
+                                g.const(np.array([64, 10], np.int64), "shape")])
+    g.node("MatMul", [w2_in])
+    g.node("Add", [g.const((0.1 * g.rng.standard_normal((1, 10))).astype(np.float32), "Parameter194")])
+    g.relu()
+    w3 = g.weights(10, 5)
+    g.node("MatMul", [g.const(w3, "Parameter195")])
+    return _finish(g, 8, [1, 5], producer="CNTK")
+
+
+def torch04_cnn(seed=0, opset=9):
+    """torch 0.4's x.view(x.size(0), -1) on a fixed batch of 1: Shape -> Gather -> Unsqueeze -> Concat ->
+    Reshape, with a zero Pad before an AveragePool and another before a Conv."""
+    g = GraphBuilder((1, 8, 8), seed=seed, input_name="0", batch=1)
+    g.conv(4, pad=0)
+    g.relu()
+    pad_attr = opset < 11
+    pads = [0, 0, 1, 1, 0, 0, 1, 1]
+    if pad_attr:
+        g.node("Pad", [], pads=pads, mode="constant", value=0.0)
+    else:
+        g.node("Pad", [g.const(np.array(pads, np.int64), "pads")], mode="constant")
+    g.node("AveragePool", [], kernel_shape=[2, 2], strides=[2, 2])
+    g.shape = (4, 4, 4)
+    if pad_attr:
+        g.node("Pad", [], pads=pads, mode="constant", value=0.0)
+    else:
+        g.node("Pad", [g.const(np.array(pads, np.int64), "pads")], mode="constant")
+    g.shape = (4, 6, 6)
+    g.conv(3, pad=0)
+    g.relu()
+    act = g.tensor
+    shape = _raw(g, "Shape", [act])
+    first = _raw(g, "Gather", [shape, g.const(np.array(0, np.int64), "index")], axis=0)
+    unsq = _raw(g, "Unsqueeze", [first], axes=[0]) if opset < 13 else \
+        _raw(g, "Unsqueeze", [first, g.const(np.array([0], np.int64), "axes")])
+    target = _raw(g, "Concat", [unsq, g.const(np.array([-1], np.int64), "minus1")], axis=0)
+    g.tensor = _raw(g, "Reshape", [act, target])
+    g.shape = (3 * 4 * 4,)
+    g.dense(6)
+    g.relu()
+    g.dense(5)
+    return _finish(g, opset, [1, 5], producer="pytorch")
+
+
+def conv_head_cnn(seed=0, head="gap"):
+    """An all-convolutional classifier: the logits are a Conv's channels, average-pooled (GlobalAveragePool
+    then Flatten) or read from a 1x1 map (Reshape)."""
+    g = GraphBuilder((1, 8, 8), seed=seed)
+    g.conv(4, pad=1)
+    g.relu()
+    g.maxpool()
+    g.conv(6, pad=1)
+    g.relu()
+    if head == "gap":
+        g.conv(5, kernel=1, pad=0)
+        g.global_avgpool()
+        g.flatten()
+    else:
+        g.maxpool()
+        g.conv(5, kernel=2, pad=0)
+        g.node("Reshape", [g.const(np.array([-1, 5], np.int64), "shape")])
+        g.shape = (5,)
+    return _finish(g, 13)
+
+
+def relu_logits_mlp(seed=0, softmax=True):
+    """An MLP whose output layer is followed by a Relu (and a Softmax)."""
+    g = GraphBuilder((12,), seed=seed)
+    for units, last in ((10, False), (8, False), (5, True)):
+        g.dense(units)
+        g.relu()
+    if softmax:
+        g.tail("softmax")
+    return _finish(g, 13)
+
+
+PUBLISHED_PATTERNS = {
+    "normalised_cnn": normalised_cnn,
+    "normalised_identity": lambda: normalised_cnn(identity=True, per_channel=False),
+    "rescaled_mlp": rescaled_mlp,
+    "nhwc_cnn": nhwc_cnn,
+    "nhwc_cnn_batch1": lambda: nhwc_cnn(batch=1),
+    "cntk_cnn": cntk_cnn,
+    "torch04_cnn_opset9": torch04_cnn,
+    "torch04_cnn_opset11": lambda: torch04_cnn(opset=11),
+    "conv_head_gap": conv_head_cnn,
+    "conv_head_reshape": lambda: conv_head_cnn(head="reshape"),
+    "relu_logits_mlp": relu_logits_mlp,
+}

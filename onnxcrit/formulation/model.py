@@ -12,7 +12,7 @@ from .conv import build_conv
 from .dense import build_dense
 from .loss import LOSSES, add_loss, add_sparsity
 from .milp import Milp
-from .pool import build_avgpool, build_maxpool, build_reshape
+from .pool import build_avgpool, build_input_stage, build_maxpool, build_reshape
 from .relu import build_relu, score_without_relu
 
 # layer kind -> builder(ctx, position, layer, input Expr) -> output Expr
@@ -23,6 +23,8 @@ BUILDERS = {
     "maxpool": build_maxpool,
     "avgpool": build_avgpool,
     "reshape": build_reshape,
+    "affine": build_input_stage,
+    "transpose": build_input_stage,
 }
 
 SPARSITY = ("mean", "paper")

@@ -34,6 +34,13 @@ def build_reshape(ctx: Context, i: int, layer, X: Expr) -> Expr:
     return X.with_shape(layer.out_shape)
 
 
+def build_input_stage(ctx: Context, i: int, layer, X: Expr) -> Expr:
+    """Input affines and transposes stand before the first linear layer, where expressions are constants."""
+    if X.A.nnz:
+        raise ValueError(f"layer '{layer.name}' ({layer.kind}) must come before the first linear layer")
+    return Expr.constant(layer.forward(X.c.reshape(X.n, *X.shape)), X.A.shape[1])
+
+
 def window_rows(layer, n: int) -> np.ndarray:
     """Input row of every (image, channel, window, tap), -1 on padding: [n, C, P, K]."""
     channels, height, width = layer.in_shape
