@@ -63,9 +63,20 @@ def fold_constants(model: onnx.ModelProto) -> bool:
     from onnx_ir.passes.common import RemoveUnusedNodesPass
     from onnxscript.optimizer import fold_constants as fold
 
-    irmodel = ir.from_proto(model)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    # IR version 3 lists every initializer as a graph input too (CNTK, the model zoo's mnist-8); the folder
+    # rightly keeps inputs, so these become plain constants first (IR version 4 allows it)
+    inits = {t.name for t in work.graph.initializer}
+    if any(vi.name in inits for vi in work.graph.input):
+        kept = [vi for vi in work.graph.input if vi.name not in inits]
+        del work.graph.input[:]
+        work.graph.input.extend(kept)
+        work.ir_version = max(work.ir_version, 4)
+    irmodel = ir.from_proto(work)
+    # every foldable node, ConstantOfShape included (the optimiser keeps that one by default)
     folded = fold(irmodel, onnx_shape_inference=True, input_size_limit=_FOLD_LIMIT,
-                  output_size_limit=_FOLD_LIMIT).modified
+                  output_size_limit=_FOLD_LIMIT, should_fold=lambda node: True).modified
     if not folded:
         return False
     RemoveUnusedNodesPass()(irmodel)
