@@ -48,7 +48,7 @@ def canonicalise(model: onnx.ModelProto) -> Canonical:
     if not applied:
         return Canonical(model, [])
     if any(name != "fold_constants" for name in applied):
-        _remove_dead_nodes(work)
+        remove_dead_nodes(work)
     return Canonical(work, applied)
 
 
@@ -97,7 +97,8 @@ def _has_constant_computation(model: onnx.ModelProto) -> bool:
     return False
 
 
-def _remove_dead_nodes(model: onnx.ModelProto) -> None:
+def remove_dead_nodes(model: onnx.ModelProto) -> None:
+    """Remove nodes and initializers no output depends on (onnx-ir's pass), in place."""
     import onnx_ir as ir
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 
@@ -200,7 +201,7 @@ def absorb_flatten_transpose(model: onnx.ModelProto) -> bool:
         if perm != [0, 2, 3, 1] or t.output[0] in outputs or len(consumers.get(t.output[0], [])) != 1:
             continue
         flat = consumers[t.output[0]][0]
-        if not _is_flatten(flat, inits, constant_values(graph)) or flat.output[0] in outputs:
+        if not _is_flatten(flat) or flat.output[0] in outputs:
             continue
         dense = consumers.get(flat.output[0], [])
         if len(dense) != 1 or dense[0].input[0] != flat.output[0]:
@@ -227,13 +228,12 @@ def absorb_flatten_transpose(model: onnx.ModelProto) -> bool:
     return changed
 
 
-def _is_flatten(node: onnx.NodeProto, inits: dict, consts: dict) -> bool:
+def _is_flatten(node: onnx.NodeProto) -> bool:
+    """Flatten(axis 1), or any Reshape: its target may be computed (Keras 3 reads the batch size from Shape);
+    the dense layer after it, whose weight has C*H*W rows, pins its output to [batch, C*H*W]."""
     if node.op_type == "Flatten":
         return all(a.i == 1 for a in node.attribute if a.name == "axis")
-    if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in consts:
-        return False
-    target = [int(v) for v in consts[node.input[1]].reshape(-1)]
-    return len(target) == 2 and target[1] != 0  # [batch or 0 or -1, features or -1]
+    return node.op_type == "Reshape"
 
 
 def _dense_rows_axis(node: onnx.NodeProto) -> int | None:

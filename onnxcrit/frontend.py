@@ -122,6 +122,7 @@ class _Walk:
     open_linear: bool = False  # the last layer is linear and nothing but bias/BatchNorm followed it yet
     visited: set[int] = field(default_factory=set)
     batch: int | None = None  # a fixed batch size from the input's first dimension, if any
+    computed_targets: dict = field(default_factory=dict)  # Reshape target tensor -> its value, when computed
 
     def const(self, name: str, node: onnx.NodeProto, what: str) -> np.ndarray:
         if name not in self.consts:
@@ -448,6 +449,7 @@ def _on_reshape(walk: _Walk, node: onnx.NodeProto) -> None:
     # a target that spells out unit counts must be rewritten when units are removed upstream
     spelled = any(v > 0 for v in target[1:])
     _add_reshape(walk, node, tuple(rest), node.output[0] if spelled else None)
+    walk.layers[-1].computed_target = walk.computed_targets.get(node.input[1]) if len(node.input) > 1 else None
 
 
 def _axes(walk: _Walk, node: onnx.NodeProto) -> list[int]:
@@ -696,10 +698,9 @@ def _fold_shape_branch(walk: _Walk, nodes: list[int]) -> list[int]:
             not ({int(first[0]), int(second[0])} <= {0, -1} or (first[0], second[0]) == (1, 3)):
         return nodes
     rest = [int(v) for v in first[1:]]
-    if any(v > 0 for v in rest):
-        raise UnsupportedModelError(f"{node_label(reshape)}: its target shape is computed and spells out sizes "
-                                    f"{rest}, which onnxcrit could not update after removing units")
     walk.consts[reshape.input[1]] = np.array([0, *rest], dtype=np.int64)
+    if any(v > 0 for v in rest):  # sizes spelled out: the rewrite gives the Reshape a constant target instead
+        walk.computed_targets[reshape.input[1]] = (0, *rest)
     walk.visited.update(shapes + branch)
     return others
 

@@ -256,6 +256,8 @@ class Reshape:
     out_shape: tuple[int, ...]
     shape_node: str | None = None
     nodes: tuple[str, ...] = ()
+    # the target when the graph computes it from the input's shape (Keras 3's flatten), batch entry 0
+    computed_target: tuple[int, ...] | None = None
     kind = "reshape"
 
     def forward(self, x: np.ndarray) -> np.ndarray:

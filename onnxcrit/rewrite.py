@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .bounds import Bounds
+from .canonical import remove_dead_nodes
 from .errors import UnsupportedModelError
 from .frontend import to_network
 from .ir import Network, ParamRef
@@ -76,6 +77,8 @@ def remove_units(model: onnx.ModelProto, net: Network, scales: dict[int, np.ndar
         table.set(name, edit.apply(table.get(name), name))
     for shape_node, target in reshape_targets:
         _set_reshape_target(graph, table, shape_node, target)
+    if any(getattr(layer, "computed_target", None) is not None for layer in net.layers):
+        remove_dead_nodes(out)  # the shape computation a constant target replaced
     _sync_initializer_inputs(graph, out.ir_version)
     _reinfer_value_info(out, model)
     new_net = to_network(out)
@@ -442,7 +445,7 @@ def _resized_target(graph: onnx.GraphProto, table: _TensorTable, net: Network, p
     """The new constant target of the Reshape at `pos` once the units with keep == False are gone."""
     layer = net.layers[pos]
     node = _reshape_node(graph, layer.shape_node)
-    target, _ = _read_target(table, node)
+    target, _ = _read_target(table, node, layer.computed_target)
     kept_out = keep[owner]
     kept_in = keep[owner.reshape(-1)].reshape(layer.in_shape)
     out_fit, in_fit = _resized(layer.out_shape, kept_out), _resized(layer.in_shape, kept_in)
@@ -472,7 +475,9 @@ def _reshaped(rest: list[int], in_shape: tuple[int, ...], allowzero: bool) -> tu
     return tuple(dims) if int(np.prod(dims)) == total else None
 
 
-def _read_target(table: _TensorTable, node: onnx.NodeProto) -> tuple[list[int], str | None]:
+def _read_target(table: _TensorTable, node: onnx.NodeProto, computed=None) -> tuple[list[int], str | None]:
+    if len(node.input) > 1 and node.input[1] and node.input[1] not in table and computed is not None:
+        return list(computed), ""  # computed by the graph from the input's shape
     if len(node.input) > 1 and node.input[1]:
         return [int(v) for v in table.get(node.input[1]).reshape(-1)], node.input[1]
     attr = next(a for a in node.attribute if a.name == "shape")
@@ -481,7 +486,10 @@ def _read_target(table: _TensorTable, node: onnx.NodeProto) -> tuple[list[int], 
 
 def _set_reshape_target(graph: onnx.GraphProto, table: _TensorTable, shape_node: str, target: list[int]) -> None:
     node = _reshape_node(graph, shape_node)
-    _, source = _read_target(table, node)
+    _, source = _read_target(table, node, target)
+    if source == "":  # computed from the input's shape: a constant target replaces the computation
+        node.input[1] = table.add_initializer(np.array(target, dtype=np.int64), f"{node.name or 'reshape'}_target")
+        return
     if source is None:  # opset 1-4: the target is the `shape` attribute
         attr = next(a for a in node.attribute if a.name == "shape")
         del attr.ints[:]

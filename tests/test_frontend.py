@@ -307,6 +307,17 @@ def test_view_with_computed_batch_is_a_flatten():
     assert reshape.out_shape == (48,) and reshape.shape_node is None
 
 
-def test_view_with_computed_sizes_is_refused():
-    with pytest.raises(UnsupportedModelError, match=r"Reshape node 'view'.*computed and spells out sizes \[48\]"):
-        to_network(_view_model([48]))
+def test_view_with_computed_sizes_gets_a_constant_target_when_units_go():
+    """x.view(x.size(0), 48) (and Keras 3's flatten) computes a target that spells out the size: the rewrite
+    replaces the computation by a constant target for the smaller layer, and drops the Shape branch."""
+    from onnxcrit.rewrite import remove_units
+    model = _view_model([48])
+    net = assert_matches_ort(model)
+    reshape = [l for l in net.layers if l.kind == "reshape"][0]
+    assert reshape.shape_node == "flat" and reshape.computed_target == (0, 48)
+    k = net.scored_indices()[0]  # the conv before the view
+    scales = {k: np.r_[0.0, np.ones(net.layers[k].units - 1)]}
+    new, new_net = remove_units(model, net, scales)
+    assert "Shape" not in [n.op_type for n in new.graph.node]
+    x = sample_inputs(model, 5)
+    assert_same(run_tensors(new, new_net.input_name, x, [new_net.logits_name])[0], net.forward(x, scales=scales))
