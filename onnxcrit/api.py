@@ -133,6 +133,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
                 progress.note(f"mode decoupled: {mode_reason}")
         workers = decoupled.default_workers() if workers is None else int(workers)
 
+    by_default = False  # the rule was picked for the user, not asked for
     if target_params is not None:
         rule = "parameter budget"
     elif max_accuracy_drop is not None:
@@ -140,9 +141,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     elif threshold is not None or mean_threshold:
         rule = "mean score" if mean_threshold else "threshold"
     elif evald is not None:
-        rule, max_accuracy_drop = "accuracy budget", DEFAULT_ACCURACY_BUDGET
+        rule, max_accuracy_drop, by_default = "accuracy budget", DEFAULT_ACCURACY_BUDGET, True
     else:
-        rule, threshold = "threshold", 0.1
+        rule, threshold, by_default = "threshold", 0.1, True
     if rule == "accuracy budget" and evald is None:
         raise InputError("an accuracy budget needs evaluation data (--eval-data)")
     if search and rule != "accuracy budget":
@@ -226,6 +227,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
                                            seed=seed, rescale=rescale, compensation=compensation, mode=mode,
                                            workers=workers))
     report["mode"], report["mode_reason"] = used_mode, mode_reason
+    report["selection"]["by_default"] = by_default
+    report["accuracy_samples"] = int(len(evald.x) if evald is not None else len(calib.x))
+    report["agreement_samples"] = int(check.samples)
     report["blocks"] = scored.blocks if used_mode == "decoupled" else []
     timings["measure"] = time.perf_counter() - clock
     progress.done("measure")
@@ -241,6 +245,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
                               "train_accuracy_before": round(tuned.train_accuracy_before, 4),
                               "train_accuracy_after": round(tuned.train_accuracy_after, 4)}
         if tuned.eval_accuracy_after is not None:
+            report["finetune"]["accuracy_before"] = report["accuracy_after"]  # the pruned model, before training
             report["finetune"]["accuracy_after"] = round(tuned.eval_accuracy_after, 4)
             report["accuracy_after"] = round(tuned.eval_accuracy_after, 4)
         timings["finetune"] = time.perf_counter() - clock
@@ -374,7 +379,9 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
         "masked_ir_tolerance": float(f"{check.tolerance:.3g}"),
         "solver": solver,
         "selection": {"rule": chosen.rule, "threshold": chosen.threshold, "notes": chosen.notes,
-                      "attempts": attempts},
+                      "attempts": attempts,
+                      "units_scored": int(sum(len(chosen.scales[k]) for k in chosen.scales)),
+                      "units_removed": int(sum(int(np.sum(chosen.scales[k] == 0)) for k in chosen.scales))},
         "calibration": {"indices": [int(i) for i in scored.calibration_indices], "skipped": scored.skipped},
         "dead_units_removed": removed_dead,
         "options": options,

@@ -174,7 +174,7 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
     """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
     from . import api
     from .output import has_external_data, write_model
-    from .report import console, dumps, optimize_table, plot
+    from .report import calibration_warning, console, dumps, optimize_table, plot
 
     if quiet and verbose:
         raise InputError("--quiet and --verbose exclude each other")
@@ -211,6 +211,9 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
         if plot_path is not None:
             _plot(plot, result, plot_path)
         progress.done("write", str(written))
+    warning = calibration_warning(result.report)
+    if warning is not None:
+        err.print(warning, markup=False, soft_wrap=True)
     if not quiet:
         optimize_table(result.report, console(), verbose=verbose)
 

@@ -33,6 +33,20 @@ def run(*args):
     return result.exit_code, result.output
 
 
+def invoke(*args):
+    """The whole click result: exit_code, stdout, stderr (click >= 8.2 keeps them apart) and output (both)."""
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def flat(text: str) -> str:
+    """Text with every run of whitespace made one space: wrapped summary lines read as one."""
+    return " ".join(text.split())
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -44,9 +58,10 @@ def cnn_run(tmp_path_factory):
     model = folder / "cnn.onnx"
     shutil.copy(CNN, model)
     before = digest(model)
-    code, out = run("optimize", model, "--data", CNN_CAL, "--eval-data", CNN_EVAL, "--report",
+    result = invoke("optimize", model, "--data", CNN_CAL, "--eval-data", CNN_EVAL, "--report",
                     folder / "report.json", "--no-latency", "--time-limit", "60")
-    return dict(folder=folder, model=model, before=before, code=code, out=out,
+    code, out = result.exit_code, result.stdout
+    return dict(folder=folder, model=model, before=before, code=code, out=out, output=result.output,
                 report=json.loads((folder / "report.json").read_text()) if code == 0 else None)
 
 
@@ -66,6 +81,94 @@ def test_optimize_writes_a_smaller_valid_model(cnn_run):
     assert [l["units_after"] for l in report["layers"]] == [net.layers[i].units for i in net.linear_indices()]
     assert report["accuracy_before"] - report["accuracy_after"] <= 1.0 + 1e-9  # the default budget
     assert "before -> after" in cnn_run["out"]
+
+
+def test_summary_says_kept_and_removed(cnn_run):
+    """Every before -> after total spells out which share is kept and which removed, and the numbers are the
+    report's; the selection line says in words what the accuracy budget did."""
+    import re
+
+    report, out = cnn_run["report"], flat(cnn_run["out"])
+    for label, key in (("parameters", "params"), ("MACs/sample", "macs"), ("file size", "file_size")):
+        match = re.search(rf"{re.escape(label)} ([\d,]+) -> ([\d,]+)(?: bytes)? \(kept ([\d.]+)%, removed ([\d.]+)%\)",
+                          out)
+        assert match, (label, out)
+        before, after, kept, removed = map(number, match.groups())
+        assert (before, after) == (report[f"{key}_before"], report[f"{key}_after"])
+        assert kept == pytest.approx(100 * after / before, abs=0.05)
+        assert removed == pytest.approx(100 - 100 * after / before, abs=0.05)
+    # the unit counts the selection line names are the layers' (scored ones), the images the evaluation file's
+    scored = [layer for layer in report["layers"] if layer["scored"]]
+    total = sum(layer["units_before"] for layer in scored)
+    removed = total - sum(layer["units_after"] for layer in scored)
+    match = re.search(r"selection accuracy budget ([\d.]+) points? .*?on ([\d,]+) evaluation images: removed the "
+                      r"([\d,]+) lowest-scored units \(of ([\d,]+)\) while accuracy stayed within budget "
+                      r"\(([\d.]+)% -> ([\d.]+)%\); ([\d,]+) candidates? measured", out)
+    assert match, out
+    budget, images, units_removed, units, acc_before, acc_after, measured = map(number, match.groups())
+    assert budget == report["options"]["max_accuracy_drop"] == 1.0
+    assert images == len(np.load(CNN_EVAL)["y"]) == report["accuracy_samples"]
+    assert (units_removed, units) == (removed, total) == (report["selection"]["units_removed"],
+                                                           report["selection"]["units_scored"])
+    assert acc_before == pytest.approx(report["accuracy_before"], abs=0.005)
+    assert acc_after == pytest.approx(report["accuracy_after"], abs=0.005)
+    assert measured == sum(len(a["tried"]) for a in report["selection"]["attempts"])
+    assert "accuracy (evaluation data)" in out
+    assert "tried 0 thresholds" not in out and "threshold 0)" not in out
+    assert "max |logit diff|" not in out  # unlabelled; the labelled figure is under --verbose
+    assert "warning: no --eval-data" not in cnn_run["output"]  # held-out data given: no warning
+
+
+def test_calibration_only_accuracy_is_flagged(tmp_path):
+    """Without --eval-data: one warning line on stderr naming the number of calibration images, the accuracy
+    labelled as calibration data, and the threshold rule said in words."""
+    import re
+
+    result = invoke("optimize", MLP, "--data", MLP_CAL, "-o", tmp_path / "p.onnx", "--report", tmp_path / "r.json",
+                    "--no-latency")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    count = len(np.load(MLP_CAL)["y"])
+    assert warnings[0].startswith(f"warning: no --eval-data: accuracy below is measured on the {count} calibration "
+                                  "images the MIP was solved on")
+    assert warnings[0].endswith("give held-out data with --eval-data")  # one line, not wrapped
+    assert "warning" not in result.stdout
+    out = flat(result.stdout)
+    assert report["accuracy_data"] == "calibration" and report["accuracy_samples"] == count
+    match = re.search(r"accuracy \(calibration data\) ([\d.]+)% -> ([\d.]+)% on ([\d,]+) images", out)
+    assert match, out
+    assert [number(v) for v in match.groups()] == [pytest.approx(report["accuracy_before"], abs=0.005),
+                                                  pytest.approx(report["accuracy_after"], abs=0.005), count]
+    match = re.search(r"units scoring below ([\d.]+) removed \(([\d,]+) of ([\d,]+) units\)", out)
+    assert match, out
+    assert number(match.group(1)) == report["selection"]["threshold"] == 0.1
+    assert report["selection"]["by_default"] is True and report["selection"]["rule"] == "threshold"
+    scored = [layer for layer in report["layers"] if layer["scored"]]
+    assert number(match.group(2)) == sum(l["units_before"] - l["units_after"] for l in scored)
+    assert number(match.group(3)) == sum(l["units_before"] for l in scored)
+    # --quiet silences the warning too (errors only); --verbose labels the logit change
+    quiet = invoke("optimize", MLP, "--data", MLP_CAL, "-o", tmp_path / "q.onnx", "--no-latency", "-q")
+    assert quiet.exit_code == 0 and quiet.output == ""
+    verbose = invoke("optimize", MLP, "--data", MLP_CAL, "-o", tmp_path / "v.onnx", "--no-latency", "-v")
+    match = re.search(r"logit change largest ([\d.e+-]+), mean ([\d.e+-]+): how far any logit", flat(verbose.stdout))
+    assert match and float(match.group(1)) == pytest.approx(report["max_abs_logit_diff"], rel=1e-2)
+
+
+def test_parameter_budget_is_said_in_words(tmp_path):
+    import re
+
+    result = invoke("optimize", MLP, "--data", MLP_CAL, "--target-params", "0.5", "-o", tmp_path / "p.onnx",
+                    "--report", tmp_path / "r.json", "--no-latency")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    match = re.search(r"selection parameter budget 50%: removed the ([\d,]+) lowest-scored units \(of ([\d,]+)\) "
+                      r"until at most 50% of the parameters remained \(kept ([\d.]+)%\)", flat(result.stdout))
+    assert match, result.stdout
+    assert number(match.group(1)) == report["selection"]["units_removed"]
+    assert number(match.group(2)) == report["selection"]["units_scored"]
+    assert number(match.group(3)) == pytest.approx(100 * report["params_after"] / report["params_before"], abs=0.05)
 
 
 def test_report_schema(cnn_run):
