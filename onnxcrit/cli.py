@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .errors import InputError, OnnxcritError
+from .errors import InputError, OnnxcritError, naming
 
 
 def _fail(exc: OnnxcritError, exit_code: int | None = None) -> None:
@@ -44,21 +44,45 @@ class _Group(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="onnxcrit")
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+@click.version_option(package_name="onnxcrit", help="Show the version and exit.")
 def main() -> None:
     """Prune ReLU networks in ONNX files: find critical neurons with a MIP, remove the rest, check the result."""
 
 
-@main.command()
-@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
-def inspect(model: Path) -> None:
-    """Show the model's inputs, outputs and recognised layers."""
+def _load_all(paths) -> list:
+    """(path, Network, ModelProto) per file, every file checked before anything is printed; an error names its
+    file."""
     from .frontend import load_network
-    from .report import console, inspect_table
 
-    net, proto = load_network(model)
-    inspect_table(proto, net, str(model), console())
+    loaded = []
+    for path in paths:
+        try:
+            net, proto = load_network(path)
+        except OnnxcritError as exc:
+            raise naming(exc, str(path)) from None
+        loaded.append((path, net, proto))
+    return loaded
+
+
+@main.command(short_help="Show a model's layers, units, params and MACs; several: a table.")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL...]",
+                type=click.Path(dir_okay=True, path_type=Path))
+def inspect(models: tuple[Path, ...]) -> None:
+    """Show MODEL's opset, producer, inputs, outputs and recognised layers with units, parameters and MACs.
+
+    With several models: one table row per model (file, opset, producer, input, layers, prunable units,
+    parameters, MACs per sample).
+    """
+    from .report import console, inspect_rows, inspect_table
+
+    if len(models) == 1:
+        from .frontend import load_network
+
+        net, proto = load_network(models[0])
+        inspect_table(proto, net, str(models[0]), console())
+        return
+    inspect_rows([(str(path), proto, net) for path, net, proto in _load_all(models)], console())
 
 
 class _RichProgress:
@@ -247,37 +271,61 @@ def _plot(plot, result, path: Path) -> None:
             tmp.unlink()
 
 
-@main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", "data", required=True, type=click.Path(path_type=Path), help=".npz with x (and y).")
-@click.option("--compare", type=click.Path(path_type=Path), help="Another model to compare with (e.g. the original).")
+@main.command(short_help="Size, latency and, with --data, accuracy of models, a row each.")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL...]", type=click.Path(path_type=Path))
+@click.option("--data", "data", type=click.Path(path_type=Path),
+              help=".npz with x (and y for accuracy); without it: size and latency only.")
+@click.option("--compare", type=click.Path(path_type=Path),
+              help="Another model to compare with, as if given second (e.g. the original).")
 @click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def evaluate(model, data, compare, no_latency, as_json):
-    """Accuracy, agreement with another model, and latency (onnxruntime, one thread)."""
-    from . import api
-    from .report import console, dumps, evaluate_table
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: a list with one entry per model (one model: its dict, --compare inside).")
+def evaluate(models, data, compare, no_latency, as_json):
+    """Parameters, MACs, latency (onnxruntime, one thread) and, with --data, accuracy and top-1 agreement with
+    the FIRST model, for every MODEL: one table row each.
 
-    result = api.evaluate(model, data, compare=compare, latency=not no_latency)
+    Without --data, accuracy and agreement are left out and latency runs on random inputs of the model's shape.
+    """
+    from . import api
+    from .report import console, dumps, evaluate_rows
+
+    paths = list(models) + ([compare] if compare is not None else [])
+    rows = api.evaluate_models(paths, data, latency=not no_latency)
     if as_json:
+        if len(models) == 1:  # the one-model schema of `onnxcrit.evaluate`: its dict, the other under "compare"
+            result = {k: v for k, v in rows[0].items() if k != "model"}
+            if compare is not None:
+                result["compare"] = {k: v for k, v in rows[1].items() if k not in ("model", "samples")}
+        else:
+            result = rows
         click.echo(dumps(result), nl=False)
     else:
-        evaluate_table(result, str(model), str(compare) if compare else None, console())
+        evaluate_rows(rows, str(data) if data is not None else None, console())
 
 
-def _train_options(fn):
-    for decorator in reversed([
-        click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Training .npz (x, y)."),
-        click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out .npz (x, y)."),
-        click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model."),
-        click.option("--epochs", type=int, default=None, help="Training epochs."),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
-        click.option("--batch-size", type=int, default=64, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
-    ]):
-        fn = decorator(fn)
-    return fn
+_TRAINED_SUFFIX = {"finetune": ".finetuned.onnx", "retrain": ".retrained.onnx"}
+
+
+def _train_options(kind: str, epochs: int):
+    """The options finetune and retrain share; `epochs` is the command's default."""
+    def apply(fn):
+        for decorator in reversed([
+            click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+                         help="Training .npz (x, y)."),
+            click.option("--eval-data", type=click.Path(path_type=Path),
+                         help="Held-out .npz (x, y): accuracy before and after."),
+            click.option("-o", "--output", type=click.Path(path_type=Path),
+                         help=f"Output model [default: MODEL{_TRAINED_SUFFIX[kind]}]."),
+            click.option("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True,
+                         help="Passes over the training data."),
+            click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
+            click.option("--batch-size", type=int, default=64, show_default=True, help="Images per training step."),
+            click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffling (and init)."),
+            click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
+        ]):
+            fn = decorator(fn)
+        return fn
+    return apply
 
 
 def _train(kind, model, data, eval_data, output, epochs, lr, batch_size, seed, quiet, **extra):
@@ -287,7 +335,7 @@ def _train(kind, model, data, eval_data, output, epochs, lr, batch_size, seed, q
     from .output import has_external_data, write_model
     from .report import console
 
-    suffix = ".finetuned.onnx" if kind == "finetune" else ".retrained.onnx"
+    suffix = _TRAINED_SUFFIX[kind]
     out = _output_path(model, output if output is not None else model.with_name(model.stem + suffix))
     err = console(stderr=True, quiet=quiet)
     with Progress(TextColumn(kind), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
@@ -315,24 +363,24 @@ def _train(kind, model, data, eval_data, output, epochs, lr, batch_size, seed, q
         con.print(f"written            {out}", markup=False)
 
 
-@main.command()
+@main.command(short_help="Train a pruned model's weights on labelled data (finetune extra).")
 @click.argument("model", type=click.Path(path_type=Path))
-@_train_options
+@_train_options("finetune", epochs=3)
 def finetune(model, data, eval_data, output, epochs, lr, batch_size, seed, quiet):
     """Fine-tune a (pruned) model's weights on DATA, keeping its graph (needs the finetune extra)."""
-    _train("finetune", model, data, eval_data, output, 3 if epochs is None else epochs, lr, batch_size, seed, quiet)
+    _train("finetune", model, data, eval_data, output, epochs, lr, batch_size, seed, quiet)
 
 
-@main.command()
+@main.command(short_help="Retrain a pruned architecture from scratch (cross-data test).")
 @click.argument("model", type=click.Path(path_type=Path))
-@_train_options
+@_train_options("retrain", epochs=10)
 @click.option("--init", "init", default="random", show_default=True,
-              help="'random', or the ONNX file of the unpruned network with its initial weights.")
+              help="'random', or the unpruned ONNX file whose initial weights to start from.")
 def retrain(model, data, eval_data, output, epochs, lr, batch_size, seed, quiet, init):
-    """Re-initialise a pruned architecture and train it from scratch on DATA (the paper's cross-data-set test)."""
+    """Re-initialise a pruned architecture and train it from scratch on DATA (the paper's cross-data-set test;
+    needs the finetune extra)."""
     init_value = init if init == "random" else Path(init)
-    _train("retrain", model, data, eval_data, output, 10 if epochs is None else epochs, lr, batch_size, seed, quiet,
-           init=init_value)
+    _train("retrain", model, data, eval_data, output, epochs, lr, batch_size, seed, quiet, init=init_value)
 
 
 if __name__ == "__main__":  # pragma: no cover

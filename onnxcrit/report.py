@@ -72,6 +72,41 @@ def inspect_table(model: onnx.ModelProto, net: Network, path: str, console: Cons
     console.print("  * = prunable (scored) layer")
 
 
+def model_summary(model: onnx.ModelProto, net: Network) -> dict[str, Any]:
+    """One model in a few numbers: opset, producer, declared input, layers, prunable units, parameters (the
+    file's tensors the linear layers own), MACs per sample."""
+    from . import measure
+
+    default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    inits = {i.name for i in model.graph.initializer}
+    declared = next((vi for vi in model.graph.input if vi.name == net.input_name), None)
+    if declared is None:
+        declared = next(vi for vi in model.graph.input if vi.name not in inits)
+    totals = measure.totals(measure.layer_table(net, model))
+    return {"opset": default[0] if default else None,
+            "producer": f"{model.producer_name} {model.producer_version}".strip() or None,
+            "input": f"{_elem(declared)} {_value_shape(declared)}",
+            "layers": len(net.linear_indices()), "prunable_layers": len(net.scored_indices()),
+            "prunable_units": int(sum(net.layers[i].units for i in net.scored_indices())),
+            "params": totals["params"], "macs": totals["macs"]}
+
+
+def inspect_rows(models: list[tuple[str, onnx.ModelProto, Network]], console: Console) -> None:
+    """What `onnxcrit inspect A B ...` prints: one row per model."""
+    table = Table(title_justify="left")
+    table.add_column("file", overflow="fold")
+    for col in ("opset", "producer", "input shape", "layers", "units", "params", "MACs/sample"):
+        table.add_column(col, justify="left" if col in ("producer", "input shape") else "right", no_wrap=True)
+    for path, model, net in models:
+        row = model_summary(model, net)
+        table.add_row(escape(path), _num(row["opset"], "{}"), escape(row["producer"] or "-"),
+                      escape(row["input"].split(" ", 1)[-1]), str(row["layers"]), f"{row['prunable_units']:,}",
+                      f"{row['params']:,}", f"{row['macs']:,}")
+    console.print(table)
+    console.print("  layers: dense + conv; units: those of the prunable layers (all but the last); params: elements of "
+                  "their tensors in the file", markup=False, soft_wrap=True)
+
+
 def console(stderr: bool = False, quiet: bool = False) -> Console:
     """A console that keeps tables readable when the output is a file or a pipe (rich would use 80 columns)."""
     probe = Console(stderr=stderr)
@@ -269,23 +304,38 @@ def _print_lines(console: Console, lines: list[tuple[str, str]]) -> None:
         console.print(wrapped, markup=False, highlight=False)
 
 
-def evaluate_table(result: dict, name: str, other: str | None, console: Console) -> None:
-    """What `onnxcrit evaluate` prints."""
+def evaluate_rows(rows: list[dict], data: str | None, console: Console) -> None:
+    """What `onnxcrit evaluate` prints: one row per model, then what the columns measured."""
+    has = {key for row in rows for key in row}
     table = Table(title_justify="left")
-    table.add_column("")
-    table.add_column(escape(name), justify="right")
-    cmp = result.get("compare")
-    if cmp is not None:
-        table.add_column(escape(other or "other"), justify="right")
-    rows = [("samples", f"{result['samples']:,}", f"{result['samples']:,}"),
-            ("accuracy", _num(result.get("accuracy"), "{:.2f}%"), _num((cmp or {}).get("accuracy"), "{:.2f}%")),
-            ("params", f"{result['params']:,}", _num((cmp or {}).get("params"))),
-            ("MACs/sample", f"{result['macs']:,}", _num((cmp or {}).get("macs")))]
-    for batch, ms in sorted((result.get("latency_ms") or {}).items()):
-        rows.append((f"latency {batch.replace('_', ' ')}", f"{ms:.3f} ms",
-                     _num(((cmp or {}).get("latency_ms") or {}).get(batch), "{:.3f} ms")))
-    for label, mine, theirs in rows:
-        table.add_row(label, mine, *([theirs] if cmp is not None else []))
+    table.add_column("file", overflow="fold")
+    columns = ["params", "MACs/sample"] + (["accuracy"] if "accuracy" in has else []) + \
+        (["agreement"] if len(rows) > 1 and "samples" in has else [])
+    batches = sorted({b for row in rows for b in (row.get("latency_ms") or {})}, key=lambda b: int(b.split("_")[-1]))
+    columns += [f"latency {b.replace('batch_', 'b')}" for b in batches]
+    for col in columns:
+        table.add_column(col, justify="right", no_wrap=True)
+    for k, row in enumerate(rows):
+        cells = [f"{row['params']:,}", f"{row['macs']:,}"]
+        if "accuracy" in has:
+            cells.append(_num(row.get("accuracy"), "{:.2f}%"))
+        if "agreement" in columns:
+            cells.append("(reference)" if k == 0 else _num(row.get("agreement"), "{:.2f}%"))
+        cells += [_num((row.get("latency_ms") or {}).get(b), "{:.3f} ms") for b in batches]
+        table.add_row(escape(row["model"]), *cells)
     console.print(table)
-    if cmp is not None:
-        console.print(escape(f"top-1 agreement {cmp['agreement']:.2f}%, max |logit diff| {cmp['max_abs_logit_diff']:.3g}"))
+    notes = []
+    samples = next((row["samples"] for row in rows if "samples" in row), None)
+    if data is None:
+        notes.append("no --data: no accuracy or agreement")
+    else:
+        if "accuracy" in has:
+            notes.append(f"accuracy: top-1 on the {samples:,} labelled images of {data}")
+        else:
+            notes.append(f"{data} has no labels (y): no accuracy")
+        if "agreement" in columns:
+            notes.append(f"agreement: share of those {samples:,} inputs whose predicted class is the first model's")
+    if batches:
+        notes.append("latency: onnxruntime, 1 thread, median of random batches of the model's input shape")
+    for note in notes:
+        console.print(f"  {note}", markup=False, soft_wrap=True)

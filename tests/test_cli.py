@@ -252,6 +252,113 @@ def test_inspect_and_evaluate(tmp_path):
     assert result["compare"]["agreement"] == 100.0 and result["accuracy"] == result["compare"]["accuracy"]
 
 
+def table_rows(text: str, first_cells: list[str]) -> dict[str, list[str]]:
+    """The cells of the rich table rows whose first cell is one of `first_cells`."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) > 1 and cells[0] in first_cells:
+            rows[cells[0]] = cells
+    return rows
+
+
+def header(text: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith("┃"))
+    return [c.strip() for c in line.strip().strip("┃").split("┃")]
+
+
+def initializer_elements(path: Path) -> int:
+    return sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer)
+
+
+@pytest.fixture()
+def two_models(tmp_path, monkeypatch, cnn_run):
+    """The bundled CNN and its pruned version from `cnn_run`, as short relative names (table cells never fold)."""
+    assert cnn_run["code"] == 0, cnn_run["out"]
+    shutil.copy(CNN, tmp_path / "a.onnx")
+    shutil.copy(cnn_run["folder"] / "cnn.pruned.onnx", tmp_path / "b.onnx")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_inspect_several_files_one_row_each(two_models):
+    result = invoke("inspect", "a.onnx", "b.onnx")
+    assert result.exit_code == 0, result.output
+    assert header(result.stdout) == ["file", "opset", "producer", "input shape", "layers", "units", "params",
+                                     "MACs/sample"]
+    rows = table_rows(result.stdout, ["a.onnx", "b.onnx"])
+    assert list(rows) == ["a.onnx", "b.onnx"]
+    for name, cells in rows.items():
+        net, proto = load_network(two_models / name)
+        assert int(cells[1]) == proto.opset_import[0].version
+        assert cells[2] == f"{proto.producer_name} {proto.producer_version}"
+        assert cells[3] == "[" + ", ".join(d.dim_param or str(d.dim_value)
+                                         for d in proto.graph.input[0].type.tensor_type.shape.dim) + "]"
+        assert int(cells[4]) == len(net.linear_indices())
+        assert number(cells[5]) == sum(net.layers[i].units for i in net.scored_indices())
+        assert number(cells[6]) == initializer_elements(two_models / name)
+        assert number(cells[7]) == net.macs
+    assert number(rows["b.onnx"][6]) < number(rows["a.onnx"][6])
+
+
+def test_evaluate_several_files_one_row_each(two_models):
+    from onnxcrit.validate import run_tensors
+
+    result = invoke("evaluate", "a.onnx", "b.onnx", "--data", CNN_EVAL, "--no-latency")
+    assert result.exit_code == 0, result.output
+    assert header(result.stdout) == ["file", "params", "MACs/sample", "accuracy", "agreement"]
+    rows = table_rows(result.stdout, ["a.onnx", "b.onnx"])
+    assert list(rows) == ["a.onnx", "b.onnx"]
+    ev = np.load(CNN_EVAL)
+    predicted = {}
+    for name, cells in rows.items():
+        net, proto = load_network(two_models / name)
+        predicted[name] = run_tensors(proto, net.input_name, ev["x"], [net.logits_name])[0].argmax(axis=1)
+        assert number(cells[1]) == initializer_elements(two_models / name)
+        assert number(cells[2]) == net.macs
+        assert float(cells[3].rstrip("%")) == pytest.approx(100 * np.mean(predicted[name] == ev["y"]), abs=0.005)
+    assert rows["a.onnx"][4] == "(reference)"
+    agreement = 100 * np.mean(predicted["a.onnx"] == predicted["b.onnx"])
+    assert float(rows["b.onnx"][4].rstrip("%")) == pytest.approx(agreement, abs=0.005)
+    # --json: a list, one entry per model, the same numbers; --compare is the same as a second file
+    listed = json.loads(invoke("evaluate", "a.onnx", "b.onnx", "--data", CNN_EVAL, "--no-latency", "--json").stdout)
+    assert [entry["model"] for entry in listed] == ["a.onnx", "b.onnx"]
+    assert listed[1]["agreement"] == pytest.approx(agreement, abs=1e-3) and "agreement" not in listed[0]
+    compared = invoke("evaluate", "a.onnx", "--compare", "b.onnx", "--data", CNN_EVAL, "--no-latency")
+    assert table_rows(compared.stdout, ["a.onnx", "b.onnx"]) == rows
+
+
+def test_evaluate_without_data(two_models):
+    """No --data: parameters, MACs and latency on random inputs; no accuracy or agreement column; exit 0."""
+    result = invoke("evaluate", "a.onnx", "b.onnx")
+    assert result.exit_code == 0, result.output
+    columns = header(result.stdout)
+    assert columns == ["file", "params", "MACs/sample", "latency b1", "latency b64"]
+    rows = table_rows(result.stdout, ["a.onnx", "b.onnx"])
+    for name, cells in rows.items():
+        assert number(cells[1]) == initializer_elements(two_models / name)
+        assert all(cell.endswith(" ms") and float(cell[:-3]) >= 0 for cell in cells[3:])  # measured, any value
+    single = json.loads(invoke("evaluate", "a.onnx", "--no-latency", "--json").stdout)
+    assert single == {"params": initializer_elements(two_models / "a.onnx"), "macs": load_network(CNN)[0].macs}
+
+
+@pytest.mark.parametrize("command", ["inspect", "evaluate"])
+def test_a_missing_second_file_is_named_in_one_line(two_models, command):
+    result = invoke(command, "a.onnx", "missing.onnx", *(["--no-latency"] if command == "evaluate" else []))
+    assert result.exit_code == 2
+    assert result.stdout == ""  # nothing printed for the good first file either
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == "onnxcrit: error: missing.onnx: no such file", result.stderr
+
+
+def test_evaluate_names_the_model_the_data_does_not_fit(two_models):
+    shutil.copy(MLP, "mlp.onnx")
+    result = invoke("evaluate", "a.onnx", "mlp.onnx", "--data", CNN_EVAL, "--no-latency")
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxcrit: error: mlp.onnx: ") and "expects [N, 64]" in lines[0]
+
+
 @pytest.mark.parametrize("content, pattern", [(b"", "empty file"), (b"junk", "not"), (None, "no such file")])
 def test_inspect_bad_files_exit_2(tmp_path, content, pattern):
     path = tmp_path / "bad.onnx"
