@@ -149,49 +149,56 @@ def _writable_file(path: Path | None, what: str) -> None:
         _probe_folder(path, what)
 
 
-@main.command()
+@main.command(short_help="Prune a model: score units by MIP, remove the rest, validate.")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-              help="Calibration data: .npz with arrays x and y.")
+              help="Calibration .npz (x, y): the images the MIP is solved on.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: MODEL.pruned.onnx].")
-@click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out .npz (x, y) for accuracy and budgets.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG of scores and kept units.")
-@click.option("--time-limit", type=float, default=300.0, show_default=True, help="Solver deadline in seconds.")
+@click.option("--eval-data", type=click.Path(path_type=Path),
+              help="Held-out .npz (x, y): accuracy and budgets are measured on it.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report to this file.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path),
+              help="Write a PNG of the scores and kept units per layer.")
+@click.option("--time-limit", type=float, default=300.0, show_default=True,
+              help="Solver deadline in seconds (for all solves together).")
 @click.option("--threshold", type=float, help="Remove units scoring below this (paper: 0.1).")
-@click.option("--mean-threshold", is_flag=True, help="Use each layer's mean score as its threshold.")
-@click.option("--lam", type=float, default=5.0, show_default=True, help="Weight of the loss term (larger prunes "
-              "less; with the hinge loss nothing changes above about 0.5, use --margin).")
-@click.option("--eps", type=float, default=1e-5, show_default=True, help="Radius of the input box around each image.")
-@click.option("--num-samples", type=int, default=10, show_default=True, help="Calibration images (balanced by class).")
+@click.option("--mean-threshold", is_flag=True, help="Remove units scoring below their layer's mean score.")
+@click.option("--lam", type=float, default=5.0, show_default=True,
+              help="Weight of the loss term; no effect above ~0.5, use --margin.")
+@click.option("--eps", type=float, default=1e-5, show_default=True,
+              help="Radius of the input box around each calibration image.")
+@click.option("--num-samples", type=int, default=10, show_default=True,
+              help="Calibration images the MIP uses (balanced by class).")
 @click.option("--relax/--mip", default=True, show_default=True,
-              help="Solve the LP relaxation (HiGHS interior point; gave the MIP's scores in every benchmark) or "
-              "the MIP with its binaries (CBC).")
-@click.option("--solver", type=click.Choice(["auto", "cbc", "highs"]), default="auto", show_default=True)
+              help="Solve the LP relaxation (HiGHS) or the MIP with binaries (CBC).")
+@click.option("--solver", type=click.Choice(["auto", "cbc", "highs"]), default="auto", show_default=True,
+              help="Solver; auto: HiGHS interior point for the LP, CBC for the MIP.")
 @click.option("--loss", type=click.Choice(["hinge", "lse"]), default="hinge", show_default=True,
-              help="Linear surrogate of the loss: multiclass hinge, or tangent planes of log-sum-exp.")
-@click.option("--margin", type=float, default=1.0, show_default=True, help="Hinge margin (larger prunes less).")
+              help="Loss surrogate: multiclass hinge or log-sum-exp tangents.")
+@click.option("--margin", type=float, default=1.0, show_default=True, help="Hinge margin; larger keeps more units.")
 @click.option("--sparsity", type=click.Choice(["mean", "paper"]), default="mean", show_default=True,
-              help="Per-layer mean scores, or the paper code's -2 shift over the K-1 largest layers.")
-@click.option("--max-accuracy-drop", type=float, help="Accuracy budget in points on --eval-data [default with "
-              "--eval-data: 1.0].")
-@click.option("--target-params", type=float, help="Keep at most this fraction of the parameters (0-1].")
-@click.option("--search", is_flag=True, help="Under the accuracy budget, try 10/50/100 calibration images x margin "
-              "1/2/4 and keep the setting that removes the most (--time-limit covers all nine solves).")
+              help="Sparsity term: per-layer mean score or the paper code's.")
+@click.option("--max-accuracy-drop", type=float,
+              help="Accuracy budget in points on --eval-data [default with it: 1.0].")
+@click.option("--target-params", type=float, help="Keep at most this fraction (0-1] of the parameters.")
+@click.option("--search", is_flag=True,
+              help="With an accuracy budget: try 10/50/100 images x margin 1/2/4, keep the best.")
 @click.option("--compensate-bias", is_flag=True, help="Fold removed units' mean activation into the next bias.")
-@click.option("--rescale/--no-rescale", default=None, help="Deploy kept units at their score (as the MIP modelled) or "
-              "at full strength [default: the more accurate on --eval-data under an accuracy budget, else rescale].")
+@click.option("--rescale/--no-rescale", default=None,
+              help="Kept units at their score or full strength [default: the more accurate under a budget, "
+              "else score].")
 @click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
-@click.option("--finetune-data", type=click.Path(path_type=Path), help="Fine-tune the pruned model on this .npz "
-              "(needs the finetune extra).")
-@click.option("--finetune-epochs", type=int, default=3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--finetune-data", type=click.Path(path_type=Path),
+              help="Then fine-tune the pruned model on this .npz (finetune extra).")
+@click.option("--finetune-epochs", type=int, default=3, show_default=True, help="Epochs of that fine-tuning.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the calibration image choice (and fine-tuning).")
 @click.option("--mode", type=click.Choice(["auto", "full", "decoupled"]), default="auto", show_default=True,
-              help="One MIP for the whole network, one per block on auxiliary heads (parallel), or by problem size.")
-@click.option("--workers", type=click.IntRange(min=1), help="Parallel block solves in decoupled mode "
-              "[default: the number of cores].")
+              help="One MIP, one per block (decoupled), or by problem size.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Parallel block solves in decoupled mode [default: cores].")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@click.option("-v", "--verbose", is_flag=True, help="Also print calibration, selection and solver details.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print calibration, solve and logit-change details.")
 def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,
              eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, search,
              compensate_bias, rescale, no_latency, finetune_data, finetune_epochs, seed, mode, workers, quiet, verbose):
