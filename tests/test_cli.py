@@ -438,3 +438,19 @@ def test_finetune_and_retrain_commands(tmp_path):
     assert code == 2 and "refusing to write over the input" in text
     code, text = run("retrain", pruned, "--data", CNN_CAL, "--init", pruned, "-o", tmp_path / "x.onnx")
     assert code == 2 and text.strip().startswith("onnxcrit: error:") and len(text.strip().splitlines()) == 1, text
+
+
+def test_every_command_and_option_has_a_help_line():
+    import click
+
+    result = invoke("--help")
+    assert result.exit_code == 0
+    commands = result.stdout.split("Commands:")[1].strip().splitlines()
+    assert sorted(line.split()[0] for line in commands) == sorted(main.commands)
+    assert all(len(line.split(None, 1)) == 2 and "..." not in line for line in commands), commands  # not cut
+    for name, command in main.commands.items():
+        assert command.short_help and len(command.short_help) <= 66, name  # fits click's 80-column listing
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help and "\n" not in param.help, (name, param.name)
+        assert invoke(name, "--help").exit_code == 0
