@@ -284,12 +284,16 @@ def optimize_table(report: dict, console: Console, verbose: bool = False) -> Non
         lines.append(("calibration", f"images {cal['indices']} of --data"))
         lines += [("  skipped", reason) for reason in cal.get("skipped", [])]
         lines += [("note", note) for note in sel.get("notes", [])]
-        for k, attempt in enumerate(sel.get("attempts", []), 1):
+        attempts = sel.get("attempts", [])
+        options = report.get("options", {})
+        for k, attempt in enumerate(attempts, 1):
             tried = attempt.get("tried", [])
             what = f"{_plural(len(tried), 'candidate')} measured" if tried and "removed_units" in tried[0] else ""
+            used = (len(attempts) > 1 and attempt.get("num_samples") == options.get("num_samples")
+                    and attempt.get("margin") == options.get("margin"))
             lines.append((f"solve {k}", f"{attempt.get('num_samples', '?')} images, margin "
                                         f"{attempt.get('margin', float('nan')):g}, lambda {attempt['lambda']:g}"
-                                        + (f": {what}" if what else "")))
+                                        + (f": {what}" if what else "") + ("  <- selected" if used else "")))
     _print_lines(console, lines)
 
 
