@@ -222,8 +222,10 @@ def calibration_warning(report: dict) -> str | None:
         return None
     count = report.get("accuracy_samples")
     images = f"{count:,} calibration images" if count is not None else "calibration images"
-    return (f"warning: no --eval-data: accuracy below is measured on the {images} the MIP was solved on, which "
-            f"flatters it; give held-out data with --eval-data")
+    used = len((report.get("calibration") or {}).get("indices", []))
+    of_them = f" (it used {used} of them)" if used and count is not None and used < count else ""
+    return (f"warning: no --eval-data: accuracy below is measured on the {images} the MIP was solved on{of_them}, "
+            f"which flatters it; give held-out data with --eval-data")
 
 
 def optimize_table(report: dict, console: Console, verbose: bool = False) -> None:
