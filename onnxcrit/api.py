@@ -18,7 +18,7 @@ import onnx
 from . import measure, select
 from .bounds import interval_bounds
 from .data import Dataset, load_data
-from .errors import BudgetError, InputError, SolveError
+from .errors import BudgetError, InputError, OnnxcritError, SolveError, naming
 from .frontend import load_model, load_network
 from .ir import INPUT_STAGE_KINDS, Network
 from .rewrite import bias_compensation, dead_units, remove_units
@@ -137,6 +137,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
                 progress.note(f"mode decoupled: {mode_reason}")
         workers = decoupled.default_workers() if workers is None else int(workers)
 
+    by_default = False  # the rule was picked for the user, not asked for
     if target_params is not None:
         rule = "parameter budget"
     elif max_accuracy_drop is not None:
@@ -144,9 +145,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     elif threshold is not None or mean_threshold:
         rule = "mean score" if mean_threshold else "threshold"
     elif evald is not None:
-        rule, max_accuracy_drop = "accuracy budget", DEFAULT_ACCURACY_BUDGET
+        rule, max_accuracy_drop, by_default = "accuracy budget", DEFAULT_ACCURACY_BUDGET, True
     else:
-        rule, threshold = "threshold", 0.1
+        rule, threshold, by_default = "threshold", 0.1, True
     if rule == "accuracy budget" and evald is None:
         raise InputError("an accuracy budget needs evaluation data (--eval-data)")
     if search and rule != "accuracy budget":
@@ -231,6 +232,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
                                            workers=workers))
     report["mode"], report["mode_reason"] = used_mode, mode_reason
     report["canonicalised"] = patterns
+    report["selection"]["by_default"] = by_default
+    report["accuracy_samples"] = int(len(evald.x) if evald is not None else len(calib.x))
+    report["agreement_samples"] = int(check.samples)
     report["blocks"] = scored.blocks if used_mode == "decoupled" else []
     timings["measure"] = time.perf_counter() - clock
     progress.done("measure")
@@ -246,6 +250,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
                               "train_accuracy_before": round(tuned.train_accuracy_before, 4),
                               "train_accuracy_after": round(tuned.train_accuracy_after, 4)}
         if tuned.eval_accuracy_after is not None:
+            report["finetune"]["accuracy_before"] = report["accuracy_after"]  # the pruned model, before training
             report["finetune"]["accuracy_after"] = round(tuned.eval_accuracy_after, 4)
             report["accuracy_after"] = round(tuned.eval_accuracy_after, 4)
         timings["finetune"] = time.perf_counter() - clock
@@ -391,7 +396,9 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
         "masked_ir_tolerance": float(f"{check.tolerance:.3g}"),
         "solver": solver,
         "selection": {"rule": chosen.rule, "threshold": chosen.threshold, "notes": chosen.notes,
-                      "attempts": attempts},
+                      "attempts": attempts,
+                      "units_scored": int(sum(len(chosen.scales[k]) for k in chosen.scales)),
+                      "units_removed": int(sum(int(np.sum(chosen.scales[k] == 0)) for k in chosen.scales))},
         "calibration": {"indices": [int(i) for i in scored.calibration_indices], "skipped": scored.skipped},
         "dead_units_removed": removed_dead,
         "options": options,
@@ -406,32 +413,65 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
     return report
 
 
-def evaluate(model: str | os.PathLike | onnx.ModelProto, data, *, compare=None, latency: bool = True) -> dict:
-    """Accuracy of a model on labelled data (via onnxruntime), agreement with another model, latency."""
-    net, proto = load_network(model)
-    ds = load_data(data, net, what="evaluation data", need_labels=False)
-    logits = _ort_logits(proto, net, ds)
-    out: dict[str, Any] = {"samples": int(len(ds.x)), "params": measure.totals(measure.layer_table(net, proto))["params"],
-                           "macs": net.macs}
-    if ds.y is not None:
-        out["accuracy"] = round(float(np.mean(logits.argmax(axis=1) == ds.y)) * 100.0, 4)
+def evaluate(model: str | os.PathLike | onnx.ModelProto, data=None, *, compare=None, latency: bool = True) -> dict:
+    """Accuracy of a model on labelled data (via onnxruntime), agreement with another model, latency.
+
+    Returns {"samples", "params", "macs", "accuracy" (labelled data), "latency_ms" (latency=True), "compare":
+    {"agreement", "max_abs_logit_diff", "params", "macs", "accuracy", "latency_ms"} (compare given)}; without
+    data only params, MACs and latency (random inputs of the model's shape), and compare's params, MACs, latency.
+    """
+    rows = evaluate_models([model] + ([compare] if compare is not None else []), data, latency=latency)
+    out = {k: v for k, v in rows[0].items() if k != "model"}
     if compare is not None:
-        other_net, other = load_network(compare)
-        if tuple(other_net.input_shape) != tuple(net.input_shape) or other_net.num_classes != net.num_classes:
-            raise InputError(f"{compare}: input {list(other_net.input_shape)} / {other_net.num_classes} classes do "
-                             f"not match the model's {list(net.input_shape)} / {net.num_classes}")
-        other_logits = _ort_logits(other, other_net, ds)
-        out["compare"] = {"agreement": round(float(np.mean(logits.argmax(1) == other_logits.argmax(1))) * 100, 4),
-                          "max_abs_logit_diff": float(np.abs(logits - other_logits).max()),
-                          "params": measure.totals(measure.layer_table(other_net, other))["params"],
-                          "macs": other_net.macs}
-        if ds.y is not None:
-            out["compare"]["accuracy"] = round(float(np.mean(other_logits.argmax(1) == ds.y)) * 100.0, 4)
-        if latency:
-            out["compare"]["latency_ms"] = _latencies(other, other_net)
-    if latency:
-        out["latency_ms"] = _latencies(proto, net)
+        out["compare"] = {k: v for k, v in rows[1].items() if k not in ("model", "samples")}
     return out
+
+
+def evaluate_models(models: list, data=None, *, latency: bool = True) -> list[dict]:
+    """`evaluate` for several models on the same data: one dict per model, in order.
+
+    Each: "model" (the path), "params", "macs", and with data "samples", "accuracy" (labelled data) and, from the
+    second model on, "agreement" (percent of inputs whose top-1 class is the first model's) and
+    "max_abs_logit_diff" (largest change of a logit against the first model); "latency_ms" (batch_1, batch_64,
+    onnxruntime, one thread, random inputs) when latency. Every model and the data are checked before anything
+    is run; with several models an error names the model it is about.
+    """
+    if not models:
+        raise InputError("no model to evaluate")
+    several = len(models) > 1
+    loaded = []
+    for model in models:
+        name = "model" if isinstance(model, onnx.ModelProto) else str(model)
+        try:
+            net, proto = load_network(model)
+            ds = load_data(data, net, what="evaluation data", need_labels=False) if data is not None else None
+        except OnnxcritError as exc:
+            raise (naming(exc, name) if several else exc) from None
+        if loaded and data is not None:
+            first = loaded[0][2]
+            if tuple(net.input_shape) != tuple(first.input_shape) or net.num_classes != first.num_classes:
+                raise InputError(f"{name}: input {list(net.input_shape)} / {net.num_classes} classes do not match "
+                                 f"the first model's {list(first.input_shape)} / {first.num_classes}; agreement "
+                                 f"needs the same inputs and classes")
+        loaded.append((name, proto, net, ds))
+    rows, reference = [], None
+    for name, proto, net, ds in loaded:
+        row: dict[str, Any] = {"model": name, "params": measure.totals(measure.layer_table(net, proto))["params"],
+                               "macs": net.macs}
+        if ds is not None:
+            logits = _ort_logits(proto, net, ds)
+            row["samples"] = int(len(ds.x))
+            if ds.y is not None:
+                row["accuracy"] = round(float(np.mean(logits.argmax(axis=1) == ds.y)) * 100.0, 4)
+            if reference is None:
+                reference = logits
+            else:
+                row["agreement"] = round(float(np.mean(logits.argmax(1) == reference.argmax(1))) * 100, 4)
+                row["max_abs_logit_diff"] = float(np.abs(logits - reference).max())
+        if latency:
+            row["latency_ms"] = _latencies(proto, net)
+        rows.append(row)
+    return rows
 
 
 def _ort_logits(proto, net, ds: Dataset) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .errors import InputError, OnnxcritError
+from .errors import InputError, OnnxcritError, naming
 
 
 def _fail(exc: OnnxcritError, exit_code: int | None = None) -> None:
@@ -44,21 +44,45 @@ class _Group(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="onnxcrit")
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+@click.version_option(package_name="onnxcrit", help="Show the version and exit.")
 def main() -> None:
     """Prune ReLU networks in ONNX files: find critical neurons with a MIP, remove the rest, check the result."""
 
 
-@main.command()
-@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
-def inspect(model: Path) -> None:
-    """Show the model's inputs, outputs and recognised layers."""
+def _load_all(paths) -> list:
+    """(path, Network, ModelProto) per file, every file checked before anything is printed; an error names its
+    file."""
     from .frontend import load_network
-    from .report import console, inspect_table
 
-    net, proto = load_network(model)
-    inspect_table(proto, net, str(model), console())
+    loaded = []
+    for path in paths:
+        try:
+            net, proto = load_network(path)
+        except OnnxcritError as exc:
+            raise naming(exc, str(path)) from None
+        loaded.append((path, net, proto))
+    return loaded
+
+
+@main.command(short_help="Show a model's layers, units, params and MACs; several: a table.")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL...]",
+                type=click.Path(dir_okay=True, path_type=Path))
+def inspect(models: tuple[Path, ...]) -> None:
+    """Show MODEL's opset, producer, inputs, outputs and recognised layers with units, parameters and MACs.
+
+    With several models: one table row per model (file, opset, producer, input, layers, prunable units,
+    parameters, MACs per sample).
+    """
+    from .report import console, inspect_rows, inspect_table
+
+    if len(models) == 1:
+        from .frontend import load_network
+
+        net, proto = load_network(models[0])
+        inspect_table(proto, net, str(models[0]), console())
+        return
+    inspect_rows([(str(path), proto, net) for path, net, proto in _load_all(models)], console())
 
 
 class _RichProgress:
@@ -125,56 +149,63 @@ def _writable_file(path: Path | None, what: str) -> None:
         _probe_folder(path, what)
 
 
-@main.command()
+@main.command(short_help="Prune a model: score units by MIP, remove the rest, validate.")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-              help="Calibration data: .npz with arrays x and y.")
+              help="Calibration .npz (x, y): the images the MIP is solved on.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: MODEL.pruned.onnx].")
-@click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out .npz (x, y) for accuracy and budgets.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a PNG of scores and kept units.")
-@click.option("--time-limit", type=float, default=300.0, show_default=True, help="Solver deadline in seconds.")
+@click.option("--eval-data", type=click.Path(path_type=Path),
+              help="Held-out .npz (x, y): accuracy and budgets are measured on it.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report to this file.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path),
+              help="Write a PNG of the scores and kept units per layer.")
+@click.option("--time-limit", type=float, default=300.0, show_default=True,
+              help="Solver deadline in seconds (for all solves together).")
 @click.option("--threshold", type=float, help="Remove units scoring below this (paper: 0.1).")
-@click.option("--mean-threshold", is_flag=True, help="Use each layer's mean score as its threshold.")
-@click.option("--lam", type=float, default=5.0, show_default=True, help="Weight of the loss term (larger prunes "
-              "less; with the hinge loss nothing changes above about 0.5, use --margin).")
-@click.option("--eps", type=float, default=1e-5, show_default=True, help="Radius of the input box around each image.")
-@click.option("--num-samples", type=int, default=10, show_default=True, help="Calibration images (balanced by class).")
+@click.option("--mean-threshold", is_flag=True, help="Remove units scoring below their layer's mean score.")
+@click.option("--lam", type=float, default=5.0, show_default=True,
+              help="Weight of the loss term; no effect above ~0.5, use --margin.")
+@click.option("--eps", type=float, default=1e-5, show_default=True,
+              help="Radius of the input box around each calibration image.")
+@click.option("--num-samples", type=int, default=10, show_default=True,
+              help="Calibration images the MIP uses (balanced by class).")
 @click.option("--relax/--mip", default=True, show_default=True,
-              help="Solve the LP relaxation (HiGHS interior point; gave the MIP's scores in every benchmark) or "
-              "the MIP with its binaries (CBC).")
-@click.option("--solver", type=click.Choice(["auto", "cbc", "highs"]), default="auto", show_default=True)
+              help="Solve the LP relaxation (HiGHS) or the MIP with binaries (CBC).")
+@click.option("--solver", type=click.Choice(["auto", "cbc", "highs"]), default="auto", show_default=True,
+              help="Solver; auto: HiGHS interior point for the LP, CBC for the MIP.")
 @click.option("--loss", type=click.Choice(["hinge", "lse"]), default="hinge", show_default=True,
-              help="Linear surrogate of the loss: multiclass hinge, or tangent planes of log-sum-exp.")
-@click.option("--margin", type=float, default=1.0, show_default=True, help="Hinge margin (larger prunes less).")
+              help="Loss surrogate: multiclass hinge or log-sum-exp tangents.")
+@click.option("--margin", type=float, default=1.0, show_default=True, help="Hinge margin; larger keeps more units.")
 @click.option("--sparsity", type=click.Choice(["mean", "paper"]), default="mean", show_default=True,
-              help="Per-layer mean scores, or the paper code's -2 shift over the K-1 largest layers.")
-@click.option("--max-accuracy-drop", type=float, help="Accuracy budget in points on --eval-data [default with "
-              "--eval-data: 1.0].")
-@click.option("--target-params", type=float, help="Keep at most this fraction of the parameters (0-1].")
-@click.option("--search", is_flag=True, help="Under the accuracy budget, try 10/50/100 calibration images x margin "
-              "1/2/4 and keep the setting that removes the most (--time-limit covers all nine solves).")
+              help="Sparsity term: per-layer mean score or the paper code's.")
+@click.option("--max-accuracy-drop", type=float,
+              help="Accuracy budget in points on --eval-data [default with it: 1.0].")
+@click.option("--target-params", type=float, help="Keep at most this fraction (0-1] of the parameters.")
+@click.option("--search", is_flag=True,
+              help="With an accuracy budget: try 10/50/100 images x margin 1/2/4, keep the best.")
 @click.option("--compensate-bias", is_flag=True, help="Fold removed units' mean activation into the next bias.")
-@click.option("--rescale/--no-rescale", default=None, help="Deploy kept units at their score (as the MIP modelled) or "
-              "at full strength [default: the more accurate on --eval-data under an accuracy budget, else rescale].")
+@click.option("--rescale/--no-rescale", default=None,
+              help="Kept units at their score or full strength [default: the more accurate under a budget, "
+              "else score].")
 @click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
-@click.option("--finetune-data", type=click.Path(path_type=Path), help="Fine-tune the pruned model on this .npz "
-              "(needs the finetune extra).")
-@click.option("--finetune-epochs", type=int, default=3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--finetune-data", type=click.Path(path_type=Path),
+              help="Then fine-tune the pruned model on this .npz (finetune extra).")
+@click.option("--finetune-epochs", type=int, default=3, show_default=True, help="Epochs of that fine-tuning.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the calibration image choice (and fine-tuning).")
 @click.option("--mode", type=click.Choice(["auto", "full", "decoupled"]), default="auto", show_default=True,
-              help="One MIP for the whole network, one per block on auxiliary heads (parallel), or by problem size.")
-@click.option("--workers", type=click.IntRange(min=1), help="Parallel block solves in decoupled mode "
-              "[default: the number of cores].")
+              help="One MIP, one per block (decoupled), or by problem size.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Parallel block solves in decoupled mode [default: cores].")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@click.option("-v", "--verbose", is_flag=True, help="Also print calibration, selection and solver details.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print calibration, solve and logit-change details.")
 def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,
              eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, search,
              compensate_bias, rescale, no_latency, finetune_data, finetune_epochs, seed, mode, workers, quiet, verbose):
     """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
     from . import api
     from .output import has_external_data, write_model
-    from .report import console, dumps, optimize_table, plot
+    from .report import calibration_warning, console, dumps, optimize_table, plot
 
     if quiet and verbose:
         raise InputError("--quiet and --verbose exclude each other")
@@ -211,6 +242,9 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
         if plot_path is not None:
             _plot(plot, result, plot_path)
         progress.done("write", str(written))
+    warning = calibration_warning(result.report)
+    if warning is not None:
+        err.print(warning, markup=False, soft_wrap=True)
     if not quiet:
         optimize_table(result.report, console(), verbose=verbose)
 
@@ -244,37 +278,61 @@ def _plot(plot, result, path: Path) -> None:
             tmp.unlink()
 
 
-@main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", "data", required=True, type=click.Path(path_type=Path), help=".npz with x (and y).")
-@click.option("--compare", type=click.Path(path_type=Path), help="Another model to compare with (e.g. the original).")
+@main.command(short_help="Size, latency and, with --data, accuracy of models, a row each.")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL...]", type=click.Path(path_type=Path))
+@click.option("--data", "data", type=click.Path(path_type=Path),
+              help=".npz with x (and y for accuracy); without it: size and latency only.")
+@click.option("--compare", type=click.Path(path_type=Path),
+              help="Another model to compare with, as if given second (e.g. the original).")
 @click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def evaluate(model, data, compare, no_latency, as_json):
-    """Accuracy, agreement with another model, and latency (onnxruntime, one thread)."""
-    from . import api
-    from .report import console, dumps, evaluate_table
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: a list with one entry per model (one model: its dict, --compare inside).")
+def evaluate(models, data, compare, no_latency, as_json):
+    """Parameters, MACs, latency (onnxruntime, one thread) and, with --data, accuracy and top-1 agreement with
+    the FIRST model, for every MODEL: one table row each.
 
-    result = api.evaluate(model, data, compare=compare, latency=not no_latency)
+    Without --data, accuracy and agreement are left out and latency runs on random inputs of the model's shape.
+    """
+    from . import api
+    from .report import console, dumps, evaluate_rows
+
+    paths = list(models) + ([compare] if compare is not None else [])
+    rows = api.evaluate_models(paths, data, latency=not no_latency)
     if as_json:
+        if len(models) == 1:  # the one-model schema of `onnxcrit.evaluate`: its dict, the other under "compare"
+            result = {k: v for k, v in rows[0].items() if k != "model"}
+            if compare is not None:
+                result["compare"] = {k: v for k, v in rows[1].items() if k not in ("model", "samples")}
+        else:
+            result = rows
         click.echo(dumps(result), nl=False)
     else:
-        evaluate_table(result, str(model), str(compare) if compare else None, console())
+        evaluate_rows(rows, str(data) if data is not None else None, console())
 
 
-def _train_options(fn):
-    for decorator in reversed([
-        click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Training .npz (x, y)."),
-        click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out .npz (x, y)."),
-        click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model."),
-        click.option("--epochs", type=int, default=None, help="Training epochs."),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
-        click.option("--batch-size", type=int, default=64, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
-    ]):
-        fn = decorator(fn)
-    return fn
+_TRAINED_SUFFIX = {"finetune": ".finetuned.onnx", "retrain": ".retrained.onnx"}
+
+
+def _train_options(kind: str, epochs: int):
+    """The options finetune and retrain share; `epochs` is the command's default."""
+    def apply(fn):
+        for decorator in reversed([
+            click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+                         help="Training .npz (x, y)."),
+            click.option("--eval-data", type=click.Path(path_type=Path),
+                         help="Held-out .npz (x, y): accuracy before and after."),
+            click.option("-o", "--output", type=click.Path(path_type=Path),
+                         help=f"Output model [default: MODEL{_TRAINED_SUFFIX[kind]}]."),
+            click.option("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True,
+                         help="Passes over the training data."),
+            click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
+            click.option("--batch-size", type=int, default=64, show_default=True, help="Images per training step."),
+            click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffling (and init)."),
+            click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
+        ]):
+            fn = decorator(fn)
+        return fn
+    return apply
 
 
 def _train(kind, model, data, eval_data, output, epochs, lr, batch_size, seed, quiet, **extra):
@@ -284,7 +342,7 @@ def _train(kind, model, data, eval_data, output, epochs, lr, batch_size, seed, q
     from .output import has_external_data, write_model
     from .report import console
 
-    suffix = ".finetuned.onnx" if kind == "finetune" else ".retrained.onnx"
+    suffix = _TRAINED_SUFFIX[kind]
     out = _output_path(model, output if output is not None else model.with_name(model.stem + suffix))
     err = console(stderr=True, quiet=quiet)
     with Progress(TextColumn(kind), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
@@ -312,24 +370,24 @@ def _train(kind, model, data, eval_data, output, epochs, lr, batch_size, seed, q
         con.print(f"written            {out}", markup=False)
 
 
-@main.command()
+@main.command(short_help="Train a pruned model's weights on labelled data (finetune extra).")
 @click.argument("model", type=click.Path(path_type=Path))
-@_train_options
+@_train_options("finetune", epochs=3)
 def finetune(model, data, eval_data, output, epochs, lr, batch_size, seed, quiet):
     """Fine-tune a (pruned) model's weights on DATA, keeping its graph (needs the finetune extra)."""
-    _train("finetune", model, data, eval_data, output, 3 if epochs is None else epochs, lr, batch_size, seed, quiet)
+    _train("finetune", model, data, eval_data, output, epochs, lr, batch_size, seed, quiet)
 
 
-@main.command()
+@main.command(short_help="Retrain a pruned architecture from scratch (cross-data test).")
 @click.argument("model", type=click.Path(path_type=Path))
-@_train_options
+@_train_options("retrain", epochs=10)
 @click.option("--init", "init", default="random", show_default=True,
-              help="'random', or the ONNX file of the unpruned network with its initial weights.")
+              help="'random', or the unpruned ONNX file whose initial weights to start from.")
 def retrain(model, data, eval_data, output, epochs, lr, batch_size, seed, quiet, init):
-    """Re-initialise a pruned architecture and train it from scratch on DATA (the paper's cross-data-set test)."""
+    """Re-initialise a pruned architecture and train it from scratch on DATA (the paper's cross-data-set test;
+    needs the finetune extra)."""
     init_value = init if init == "random" else Path(init)
-    _train("retrain", model, data, eval_data, output, 10 if epochs is None else epochs, lr, batch_size, seed, quiet,
-           init=init_value)
+    _train("retrain", model, data, eval_data, output, epochs, lr, batch_size, seed, quiet, init=init_value)
 
 
 if __name__ == "__main__":  # pragma: no cover

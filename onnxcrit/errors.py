@@ -27,3 +27,12 @@ class ValidationError(OnnxcritError):
 
 class BudgetError(OnnxcritError):
     """No result meets the requested budget (exit code 1)."""
+
+
+def naming(exc: OnnxcritError, subject: str) -> OnnxcritError:
+    """The same error with its message starting with `subject` (e.g. a file) unless it names it already."""
+    if subject in str(exc):
+        return exc
+    named = type(exc)(f"{subject}: {exc}")
+    named.exit_code = exc.exit_code
+    return named

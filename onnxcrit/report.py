@@ -72,6 +72,41 @@ def inspect_table(model: onnx.ModelProto, net: Network, path: str, console: Cons
     console.print("  * = prunable (scored) layer")
 
 
+def model_summary(model: onnx.ModelProto, net: Network) -> dict[str, Any]:
+    """One model in a few numbers: opset, producer, declared input, layers, prunable units, parameters (the
+    file's tensors the linear layers own), MACs per sample."""
+    from . import measure
+
+    default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    inits = {i.name for i in model.graph.initializer}
+    declared = next((vi for vi in model.graph.input if vi.name == net.input_name), None)
+    if declared is None:
+        declared = next(vi for vi in model.graph.input if vi.name not in inits)
+    totals = measure.totals(measure.layer_table(net, model))
+    return {"opset": default[0] if default else None,
+            "producer": f"{model.producer_name} {model.producer_version}".strip() or None,
+            "input": f"{_elem(declared)} {_value_shape(declared)}",
+            "layers": len(net.linear_indices()), "prunable_layers": len(net.scored_indices()),
+            "prunable_units": int(sum(net.layers[i].units for i in net.scored_indices())),
+            "params": totals["params"], "macs": totals["macs"]}
+
+
+def inspect_rows(models: list[tuple[str, onnx.ModelProto, Network]], console: Console) -> None:
+    """What `onnxcrit inspect A B ...` prints: one row per model."""
+    table = Table(title_justify="left")
+    table.add_column("file", overflow="fold")
+    for col in ("opset", "producer", "input shape", "layers", "units", "params", "MACs/sample"):
+        table.add_column(col, justify="left" if col in ("producer", "input shape") else "right", no_wrap=True)
+    for path, model, net in models:
+        row = model_summary(model, net)
+        table.add_row(escape(path), _num(row["opset"], "{}"), escape(row["producer"] or "-"),
+                      escape(row["input"].split(" ", 1)[-1]), str(row["layers"]), f"{row['prunable_units']:,}",
+                      f"{row['params']:,}", f"{row['macs']:,}")
+    console.print(table)
+    console.print("  layers: dense + conv; units: those of the prunable layers (all but the last); params: elements of "
+                  "their tensors in the file", markup=False, soft_wrap=True)
+
+
 def console(stderr: bool = False, quiet: bool = False) -> Console:
     """A console that keeps tables readable when the output is a file or a pipe (rich would use 80 columns)."""
     probe = Console(stderr=stderr)
@@ -120,18 +155,81 @@ def plot(path: str, layer_names: list[str], scores: list, kept: list[int], total
     plt.close(fig)
 
 
-def _ratio(before, after) -> str:
+def _kept(before, after) -> str:
+    """'kept 57.1%, removed 42.9%' of a before -> after count."""
     if not before:
         return ""
-    return f"{after / before:.1%}"
+    return f"kept {after / before:.1%}, removed {1 - after / before:.1%}"
 
 
 def _num(value, fmt="{:,}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _points(value: float) -> str:
+    return f"{value:g} point" + ("" if value == 1 else "s")
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}" + ("" if count == 1 else "s")
+
+
+def selection_text(report: dict) -> str:
+    """In words, what the selection did: the rule, its parameter, what it removed and why it stopped there."""
+    sel, options = report["selection"], report.get("options", {})
+    removed, scored = sel.get("units_removed"), sel.get("units_scored")
+    if removed is None or scored is None:  # a report from before these keys: count from the layers
+        layers = [layer for layer in report["layers"] if layer["scored"]]
+        scored = sum(layer["units_before"] for layer in layers)
+        removed = scored - sum(layer["units_after"] for layer in layers)
+    default = sel.get("by_default", False)
+    rule = sel["rule"]
+    if rule == "accuracy budget":
+        budget = options.get("max_accuracy_drop")
+        where = (f"{report.get('accuracy_samples', '?'):,} evaluation images" if report.get("accuracy_data") ==
+                 "evaluation" else "the evaluation data")
+        before = report.get("accuracy_before")
+        after = (report.get("finetune") or {}).get("accuracy_before", report.get("accuracy_after"))
+        accuracy = f" ({before:.2f}% -> {after:.2f}%)" if before is not None and after is not None else ""
+        measured = sum(len(a.get("tried", [])) for a in sel.get("attempts", []))
+        text = (f"accuracy budget {_points(budget)}{' (the default with --eval-data)' if default else ''} on "
+                f"{where}: removed the {removed:,} lowest-scored units (of {scored:,}) while accuracy stayed within "
+                f"budget{accuracy}; {_plural(measured, 'candidate')} measured")
+        attempts = sel.get("attempts", [])
+        if options.get("search"):
+            text += (f"; --search solved {_plural(len(attempts), 'setting')} and kept {options.get('num_samples')} "
+                     f"calibration images, margin {options.get('margin'):g}")
+        elif len(attempts) > 1:
+            text += (f"; solved {len(attempts)} times, the margin widened to {options.get('margin'):g} until a "
+                     f"removal met the budget")
+        return text
+    if rule == "parameter budget":
+        fraction = options.get("target_params")
+        return (f"parameter budget {fraction:.0%}: removed the {removed:,} lowest-scored units (of {scored:,}) until "
+                f"at most {fraction:.0%} of the parameters remained (kept "
+                f"{report['params_after'] / report['params_before']:.1%})")
+    if rule == "mean score":
+        return (f"mean-score rule: units scoring below their layer's mean score removed ({removed:,} of "
+                f"{scored:,} units)")
+    why = " (the paper's rule, the default without --eval-data)" if default else ""
+    return (f"threshold rule{why}: units scoring below {sel['threshold']:g} removed ({removed:,} of {scored:,} "
+            f"units)")
+
+
+def calibration_warning(report: dict) -> str | None:
+    """The warning line for accuracy measured on the data the MIP was solved on (no --eval-data), else None."""
+    if report.get("accuracy_data") != "calibration" or report.get("accuracy_before") is None:
+        return None
+    count = report.get("accuracy_samples")
+    images = f"{count:,} calibration images" if count is not None else "calibration images"
+    used = len((report.get("calibration") or {}).get("indices", []))
+    of_them = f" (it used {used} of them)" if used and count is not None and used < count else ""
+    return (f"warning: no --eval-data: accuracy below is measured on the {images} the MIP was solved on{of_them}, "
+            f"which flatters it; give held-out data with --eval-data")
+
+
 def optimize_table(report: dict, console: Console, verbose: bool = False) -> None:
-    """The before/after table `onnxcrit optimize` prints."""
+    """The before/after table `onnxcrit optimize` prints, then one line per fact, each saying what it counts."""
     table = Table(title="onnxcrit: before -> after", title_justify="left")
     for col, just in (("layer", "left"), ("kind", "left"), ("units", "right"), ("params", "right"),
                       ("MACs", "right")):
@@ -141,60 +239,109 @@ def optimize_table(report: dict, console: Console, verbose: bool = False) -> Non
                       f"{layer['units_before']} -> {layer['units_after']}",
                       f"{layer['params_before']:,} -> {layer['params_after']:,}",
                       f"{layer['macs_before']:,} -> {layer['macs_after']:,}")
-    table.add_row("total", "", "", f"{report['params_before']:,} -> {report['params_after']:,} "
-                  f"({_ratio(report['params_before'], report['params_after'])})",
-                  f"{report['macs_before']:,} -> {report['macs_after']:,} "
-                  f"({_ratio(report['macs_before'], report['macs_after'])})", style="bold")
+    table.add_row("total", "", "", f"{report['params_before']:,} -> {report['params_after']:,}",
+                  f"{report['macs_before']:,} -> {report['macs_after']:,}", style="bold")
     console.print(table)
-    lines = [f"file size      {report['file_size_before']:,} -> {report['file_size_after']:,} bytes"]
-    for batch, lat in sorted((report.get("latency") or {}).items()):
-        lines.append(f"latency {batch.replace('batch_', 'b'):<6} {lat['before_ms']:.3f} -> {lat['after_ms']:.3f} ms "
-                     f"(speed-up x{lat['before_ms'] / max(lat['after_ms'], 1e-9):.2f})")
+    console.print("  * = prunable (scored) layer; MACs = multiply-accumulates per sample", markup=False)
+    lines = [("parameters", f"{report['params_before']:,} -> {report['params_after']:,} "
+                            f"({_kept(report['params_before'], report['params_after'])})"),
+             ("MACs/sample", f"{report['macs_before']:,} -> {report['macs_after']:,} "
+                             f"({_kept(report['macs_before'], report['macs_after'])})"),
+             ("file size", f"{report['file_size_before']:,} -> {report['file_size_after']:,} bytes "
+                           f"({_kept(report['file_size_before'], report['file_size_after'])})")]
+    for batch, lat in sorted((report.get("latency") or {}).items(), key=lambda kv: int(kv[0].split("_")[-1])):
+        speedup = lat["before_ms"] / max(lat["after_ms"], 1e-9)
+        lines.append((f"latency {batch.replace('batch_', 'b')}",
+                      f"{lat['before_ms']:.3f} -> {lat['after_ms']:.3f} ms (speed-up x{speedup:.2f}"
+                      f"{', i.e. slower' if speedup < 1 else ''}; onnxruntime, 1 thread, median)"))
     if report.get("accuracy_before") is not None:
-        lines.append(f"accuracy       {report['accuracy_before']:.2f}% -> {report['accuracy_after']:.2f}% "
-                     f"(on {report['accuracy_data']} data)")
-    lines.append(f"agreement      {report['agreement']:.2f}% top-1 with the original; max |logit diff| "
-                 f"{report['max_abs_logit_diff']:.3g}")
+        data = report.get("accuracy_data", "evaluation")
+        count = report.get("accuracy_samples")
+        lines.append((f"accuracy ({data} data)", f"{report['accuracy_before']:.2f}% -> {report['accuracy_after']:.2f}%"
+                      + (f" on {count:,} images" if count is not None else "")
+                      + (" (after fine-tuning)" if "finetune" in report and data == "evaluation" else "")))
+    count = report.get("agreement_samples")
+    inputs = f"the {count:,} inputs" if count is not None else "the inputs"
+    inputs += (" (calibration and evaluation data)" if report.get("accuracy_data") == "evaluation" else
+               " (calibration data)")
+    lines.append(("agreement", f"{report['agreement']:.2f}% of {inputs} get the same predicted class as from "
+                               f"the original model"))
     solver = report["solver"]
     gap = solver.get("gap")
-    lines.append(f"solver         {solver['status']} in {solver['seconds']:.1f} s, gap "
-                 f"{_num(gap, '{:.2%}')}, {solver['variables']:,} variables, {solver['binaries']:,} binaries, "
-                 f"{solver['constraints']:,} constraints")
+    lines.append(("solver", f"{solver['status']} in {solver['seconds']:.1f} s, gap {_num(gap, '{:.2%}')}, "
+                            f"{solver['variables']:,} variables, {solver['binaries']:,} binaries, "
+                            f"{solver['constraints']:,} constraints"))
     sel = report["selection"]
-    rule = sel["rule"] + (f" (threshold {sel['threshold']:.3g})" if sel.get("threshold") is not None else "")
-    lines.append(f"selection      {rule}; {report['dead_units_removed']} never-active units among those removed")
+    lines.append(("selection", selection_text(report)))
+    used = len(report.get("calibration", {}).get("indices", []))
+    lines.append(("never active", f"{report['dead_units_removed']} of the removed units never fired on the "
+                                  f"{used} calibration images the MIP used"))
     if report.get("output"):
-        lines.append(f"written        {report['output']}")
-    for line in lines:
-        console.print(escape(line))
+        lines.append(("written", report["output"]))
     if verbose:
+        lines.append(("logit change", f"largest {report['max_abs_logit_diff']:.3g}, mean "
+                                      f"{report.get('mean_abs_logit_diff', float('nan')):.3g}: how far any logit of "
+                                      f"the pruned model moved from the original's, over the same inputs"))
         cal = report["calibration"]
-        console.print(escape(f"calibration    images {cal['indices']}"))
-        for reason in cal.get("skipped", []):
-            console.print(escape(f"  skipped: {reason}"))
-        for note in sel.get("notes", []):
-            console.print(escape(f"note           {note}"))
-        for attempt in sel.get("attempts", []):
-            console.print(escape(f"lambda {attempt['lambda']:g}: tried {len(attempt['tried'])} thresholds"))
+        lines.append(("calibration", f"images {cal['indices']} of --data"))
+        lines += [("  skipped", reason) for reason in cal.get("skipped", [])]
+        lines += [("note", note) for note in sel.get("notes", [])]
+        attempts = sel.get("attempts", [])
+        options = report.get("options", {})
+        for k, attempt in enumerate(attempts, 1):
+            tried = attempt.get("tried", [])
+            what = f"{_plural(len(tried), 'candidate')} measured" if tried and "removed_units" in tried[0] else ""
+            used = (len(attempts) > 1 and attempt.get("num_samples") == options.get("num_samples")
+                    and attempt.get("margin") == options.get("margin"))
+            lines.append((f"solve {k}", f"{attempt.get('num_samples', '?')} images, margin "
+                                        f"{attempt.get('margin', float('nan')):g}, lambda {attempt['lambda']:g}"
+                                        + (f": {what}" if what else "") + ("  <- selected" if used else "")))
+    _print_lines(console, lines)
 
 
-def evaluate_table(result: dict, name: str, other: str | None, console: Console) -> None:
-    """What `onnxcrit evaluate` prints."""
+def _print_lines(console: Console, lines: list[tuple[str, str]]) -> None:
+    """'label  text' lines, the texts aligned and wrapped under themselves to the console's width."""
+    import textwrap
+
+    width = max(len(label) for label, _ in lines) + 2
+    for label, text in lines:
+        wrapped = textwrap.fill(text, width=max(console.width, width + 40), initial_indent=f"{label:<{width}}",
+                                subsequent_indent=" " * width, break_long_words=False, break_on_hyphens=False)
+        console.print(wrapped, markup=False, highlight=False)
+
+
+def evaluate_rows(rows: list[dict], data: str | None, console: Console) -> None:
+    """What `onnxcrit evaluate` prints: one row per model, then what the columns measured."""
+    has = {key for row in rows for key in row}
     table = Table(title_justify="left")
-    table.add_column("")
-    table.add_column(escape(name), justify="right")
-    cmp = result.get("compare")
-    if cmp is not None:
-        table.add_column(escape(other or "other"), justify="right")
-    rows = [("samples", f"{result['samples']:,}", f"{result['samples']:,}"),
-            ("accuracy", _num(result.get("accuracy"), "{:.2f}%"), _num((cmp or {}).get("accuracy"), "{:.2f}%")),
-            ("params", f"{result['params']:,}", _num((cmp or {}).get("params"))),
-            ("MACs/sample", f"{result['macs']:,}", _num((cmp or {}).get("macs")))]
-    for batch, ms in sorted((result.get("latency_ms") or {}).items()):
-        rows.append((f"latency {batch.replace('_', ' ')}", f"{ms:.3f} ms",
-                     _num(((cmp or {}).get("latency_ms") or {}).get(batch), "{:.3f} ms")))
-    for label, mine, theirs in rows:
-        table.add_row(label, mine, *([theirs] if cmp is not None else []))
+    table.add_column("file", overflow="fold")
+    columns = ["params", "MACs/sample"] + (["accuracy"] if "accuracy" in has else []) + \
+        (["agreement"] if len(rows) > 1 and "samples" in has else [])
+    batches = sorted({b for row in rows for b in (row.get("latency_ms") or {})}, key=lambda b: int(b.split("_")[-1]))
+    columns += [f"latency {b.replace('batch_', 'b')}" for b in batches]
+    for col in columns:
+        table.add_column(col, justify="right", no_wrap=True)
+    for k, row in enumerate(rows):
+        cells = [f"{row['params']:,}", f"{row['macs']:,}"]
+        if "accuracy" in has:
+            cells.append(_num(row.get("accuracy"), "{:.2f}%"))
+        if "agreement" in columns:
+            cells.append("(reference)" if k == 0 else _num(row.get("agreement"), "{:.2f}%"))
+        cells += [_num((row.get("latency_ms") or {}).get(b), "{:.3f} ms") for b in batches]
+        table.add_row(escape(row["model"]), *cells)
     console.print(table)
-    if cmp is not None:
-        console.print(escape(f"top-1 agreement {cmp['agreement']:.2f}%, max |logit diff| {cmp['max_abs_logit_diff']:.3g}"))
+    notes = []
+    samples = next((row["samples"] for row in rows if "samples" in row), None)
+    if data is None:
+        notes.append("no --data: no accuracy or agreement")
+    else:
+        if "accuracy" in has:
+            notes.append(f"accuracy: top-1 on the {samples:,} labelled images of {data}")
+        else:
+            notes.append(f"{data} has no labels (y): no accuracy")
+        if "agreement" in columns:
+            notes.append(f"agreement: share of those {samples:,} inputs whose predicted class is the first model's")
+    if batches:
+        notes.append("latency: onnxruntime, 1 thread, median of random batches of the model's input shape")
+    for note in notes:
+        console.print(f"  {note}", markup=False, soft_wrap=True)
