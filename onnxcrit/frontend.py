@@ -594,7 +594,8 @@ def to_network(model: onnx.ModelProto) -> Network:
                                     "must be dense (Gemm/MatMul)")
     return Network(layers=walk.layers, input_name=vi.name, input_shape=tuple(shape),
                    input_dtype=np.dtype(_ELEM_TO_NUMPY[ttype.elem_type]), logits_name=walk.tensor,
-                   output_names=tuple(o.name for o in graph.output), tail_ops=tuple(tail_ops))
+                   output_names=tuple(o.name for o in graph.output), tail_ops=tuple(tail_ops),
+                   fixed_batch=batch)
 
 
 def _fold_shape_branch(walk: _Walk, nodes: list[int]) -> list[int]:
