@@ -147,9 +147,17 @@ def optimize_table(report: dict, console: Console, verbose: bool = False) -> Non
                   f"({_ratio(report['macs_before'], report['macs_after'])})", style="bold")
     console.print(table)
     lines = [f"file size      {report['file_size_before']:,} -> {report['file_size_after']:,} bytes"]
-    for batch, lat in sorted((report.get("latency") or {}).items()):
-        lines.append(f"latency {batch.replace('batch_', 'b'):<6} {lat['before_ms']:.3f} -> {lat['after_ms']:.3f} ms "
+    latency = report.get("latency") or {}
+    batches = sorted((int(key.split("_")[1]), lat) for key, lat in latency.items() if key.startswith("batch_"))
+    for batch, lat in batches:
+        lines.append(f"latency b{batch:<5} {lat['before_ms']:.3f} -> {lat['after_ms']:.3f} ms "
                      f"(speed-up x{lat['before_ms'] / max(lat['after_ms'], 1e-9):.2f})")
+    round_to = report["selection"].get("round_to", 1)
+    if latency.get("round_to_mode") == "auto":
+        tried = ", ".join(str(c["round_to"]) for c in latency["candidates"])
+        lines.append(f"conv rounding  kept channels to multiples of {round_to} (the fastest of {tried}, timed here)")
+    elif round_to != 1:
+        lines.append(f"conv rounding  kept channels to multiples of {round_to} (--round-to)")
     if report.get("accuracy_before") is not None:
         lines.append(f"accuracy       {report['accuracy_before']:.2f}% -> {report['accuracy_after']:.2f}% "
                      f"(on {report['accuracy_data']} data)")
