@@ -152,12 +152,13 @@ def optimize_table(report: dict, console: Console, verbose: bool = False) -> Non
     for batch, lat in batches:
         lines.append(f"latency b{batch:<5} {lat['before_ms']:.3f} -> {lat['after_ms']:.3f} ms "
                      f"(speed-up x{lat['before_ms'] / max(lat['after_ms'], 1e-9):.2f})")
-    round_to = report["selection"].get("round_to", 1)
+    round_to, added = report["selection"].get("round_to", 1), report["selection"].get("units_added", 0)
+    what = (f"kept channels up to multiples of {round_to} ({added} added back)" if round_to != 1 else "none")
     if latency.get("round_to_mode") == "auto":
         tried = ", ".join(str(c["round_to"]) for c in latency["candidates"])
-        lines.append(f"conv rounding  kept channels to multiples of {round_to} (the fastest of {tried}, timed here)")
+        lines.append(f"conv rounding  {what}: the fastest of --round-to {tried} here")
     elif round_to != 1:
-        lines.append(f"conv rounding  kept channels to multiples of {round_to} (--round-to)")
+        lines.append(f"conv rounding  {what}")
     if report.get("accuracy_before") is not None:
         lines.append(f"accuracy       {report['accuracy_before']:.2f}% -> {report['accuracy_after']:.2f}% "
                      f"(on {report['accuracy_data']} data)")
