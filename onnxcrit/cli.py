@@ -207,7 +207,8 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
                               time_limit=time_limit,
                               max_accuracy_drop=max_accuracy_drop, target_params=target_params, seed=seed,
                               rescale=rescale, compensation=compensate_bias, measure_latency=not no_latency,
-                              round_to=round_to, latency_batch=latency_batch, finetune_data=finetune_data, finetune_epochs=finetune_epochs, mode=mode,
+                              round_to=round_to, latency_batch=latency_batch, finetune_data=finetune_data,
+                              finetune_epochs=finetune_epochs, mode=mode,
                               workers=workers, search=search, progress=progress)
         progress.start("write")
         try:
