@@ -348,3 +348,26 @@ def test_fixed_batch_latency_runs_the_declared_batch():
 def test_fixed_batch_is_read_from_the_input():
     assert to_network(_fixed_batch_cnn(2)).fixed_batch == 2
     assert to_network(cnn()).fixed_batch is None
+
+
+def test_a_pinned_rounding_that_breaks_the_budget_is_written_with_a_note():
+    net, proto = load_network(CNN)
+    scores = {i: np.linspace(0, 1, net.layers[i].units) for i in net.scored_indices()}
+    keep = select.keep_by_threshold(net, scores, 0.3)
+    chosen = select.Selection(scales=select.to_scales(scores, keep, False), rule="accuracy budget", rescaled=False)
+
+    class Notes(api.Progress):
+        def __init__(self):
+            self.notes = []
+
+        def note(self, message):
+            self.notes.append(message)
+
+    def accuracy(scales, built=None):
+        return 90.0 if scales is None else 85.0
+
+    progress = Notes()
+    cand, lat = api._round(net, proto, scores, chosen, "accuracy budget", 8, False, 64, None, accuracy, 1.0, None,
+                           progress, {})
+    assert cand.round_to == 8 and lat is None and not cand.meets_budget
+    assert progress.notes == ["--round-to 8 breaks the accuracy budget (accuracy 90.00% -> 85.00%); written as asked"]
