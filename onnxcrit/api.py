@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import measure, select
+from . import measure, rounding, select
 from .bounds import interval_bounds
 from .data import Dataset, load_data
 from .errors import BudgetError, InputError, OnnxcritError, SolveError, naming
@@ -82,7 +82,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
              max_accuracy_drop: float | None = None, target_params: float | None = None, seed: int = 0,
              loss: str = "hinge", margin: float = 1.0, sparsity: str = "mean", rescale: bool | None = None,
              compensation: bool = False,
-             measure_latency: bool = True, finetune_data=None, finetune_epochs: int = 3,
+             measure_latency: bool = True, round_to: int | str = "auto", latency_batch: int = 64,
+             latency_timer: rounding.Timer | None = None, finetune_data=None, finetune_epochs: int = 3,
              mode: str = "full", workers: int | None = None, search: bool = False,
              progress: Progress | None = None) -> Result:
     """Score every prunable unit with the OAMIP MIP, remove the unimportant ones, validate, and report.
@@ -101,6 +102,14 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     instead of `num_samples` / `margin`, and keep the one whose selection removes the most parameters within
     the budget on eval_data; `time_limit` covers all the solves together; `selection.attempts` in the report
     lists every solve.
+    round_to: after the selection, round every conv layer's kept channels up to a multiple of this (at most the
+    layer's count), adding back the best removed channels (onnxruntime's blocked convolution layout runs
+    multiples of 8 or 16 fastest). "auto" (default): with `measure_latency`, rewrite the model for each of
+    rounding.ROUNDINGS, time each against the original at batch 1 and `latency_batch` with onnxruntime on
+    this machine, and keep the fastest within the budget (so the output depends on the machine); without
+    `measure_latency`, 1 (no rounding). report["latency"] lists every candidate and says whether the written
+    model is `slower` than the original. latency_timer(models, batch) -> seconds per `batch` samples of each
+    model (the original first), timed in alternation; default onnxruntime, one thread.
     Raises InputError (bad input), SolveError (no solution), BudgetError (budget unreachable),
     ValidationError (the rewritten model failed a check).
     """
@@ -114,6 +123,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
         raise InputError(f"unknown mode {mode!r}; expected full, decoupled or auto")
     if workers is not None and not (int(workers) == workers and workers >= 1):
         raise InputError(f"workers must be a positive integer, got {workers}")
+    round_to = rounding.parse_round_to(round_to)
+    if isinstance(latency_batch, bool) or not isinstance(latency_batch, (int, np.integer)) or latency_batch < 1:
+        raise InputError(f"latency batch must be an integer >= 1, got {latency_batch!r}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -196,16 +208,22 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     for note in chosen.notes:
         progress.note(note)
 
-    scales = chosen.scales
+    candidate, latency = chosen_rounding = _round(
+        net, proto, scored.scores, chosen, rule, round_to, measure_latency, latency_batch, latency_timer,
+        measure_accuracy, max_accuracy_drop, target_params, progress, timings)
+    scales, keep = candidate.scales, candidate.keep
     used = np.asarray(scored.calibration_indices, dtype=np.int64)
     dead = dead_units(net, interval_bounds(net, calib.x[used], eps))
-    removed_dead = int(sum(int(np.sum(dead[k] & (scales[k] == 0))) for k in scales))
+    removed_dead = int(sum(int(np.sum(dead[k] & ~keep[k])) for k in scales))
     shifts = bias_compensation(net, calib.x[used], scales) if compensation else None
 
     progress.start("rewrite")
     clock = time.perf_counter()
-    new_model, new_net = remove_units(proto, net, scales, compensation=shifts)
-    kept = {net.layers[k].name: np.flatnonzero(scales[k]).tolist() for k in sorted(scales)}
+    if shifts is None and candidate.model is not None:
+        new_model, new_net = candidate.model, candidate.network
+    else:
+        new_model, new_net = remove_units(proto, net, scales, compensation=shifts, keep=keep)
+    kept = {net.layers[k].name: np.flatnonzero(keep[k]).tolist() for k in sorted(keep)}
     _set_metadata(new_model, KEPT_UNITS_KEY, json.dumps(kept, sort_keys=True, separators=(",", ":")))
     timings["rewrite"] = time.perf_counter() - clock
     progress.done("rewrite", f"{new_net.params:,} parameters left")
@@ -222,14 +240,15 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     progress.start("measure")
     clock = time.perf_counter()
     report = _report(net, proto, new_net, new_model, scored, chosen, check, evald, removed_dead, attempts,
-                     measure_latency, dict(eps=eps, lam=lam, threshold=threshold,
+                     chosen_rounding, dict(eps=eps, lam=lam, threshold=threshold,
                                            mean_threshold=mean_threshold, num_samples=num_samples, relax=relax,
                                            solver=solver, time_limit=time_limit, loss=loss, margin=margin,
                                            search=search,
                                            sparsity=sparsity,
                                            max_accuracy_drop=max_accuracy_drop, target_params=target_params,
                                            seed=seed, rescale=rescale, compensation=compensation, mode=mode,
-                                           workers=workers))
+                                           workers=workers, round_to=round_to, latency_batch=latency_batch,
+                                           measure_latency=measure_latency))
     report["mode"], report["mode_reason"] = used_mode, mode_reason
     report["canonicalised"] = patterns
     report["selection"]["by_default"] = by_default
@@ -300,6 +319,48 @@ def _search(attempt, net, available: int, time_limit: float, progress):
     return scored, chosen, closest, n, m
 
 
+def _round(net, proto, scores, chosen, rule, round_to, measure_latency, latency_batch, timer, accuracy_of,
+           max_drop, target_params, progress, timings):
+    """The rounding stage: the candidates (rounding.ROUNDINGS under "auto" with latency, else the one asked),
+    each checked against the selection's budget and, with `measure_latency`, timed against the original.
+    Returns (the candidate to write, report["latency"] or None)."""
+    if round_to == "auto":
+        roundings, mode = (rounding.ROUNDINGS if measure_latency else (1,)), "auto"
+    else:
+        roundings, mode = (round_to,), "fixed"
+    if roundings == (1,) and not measure_latency:
+        return rounding.candidates(net, proto, scores, chosen, (1,), build=False)[0], None
+    stage = "latency" if measure_latency else "round"
+    progress.start(stage)
+    clock = time.perf_counter()
+    cands = rounding.candidates(net, proto, scores, chosen, roundings)
+    for cand in cands:
+        if rule == "accuracy budget":
+            cand.accuracy = accuracy_of(cand.scales, built=(cand.model, cand.network))
+            cand.meets_budget = accuracy_of(None) - cand.accuracy <= max_drop + 1e-9
+        elif rule == "parameter budget":
+            cand.meets_budget = select.params_after(net, cand.keep) <= target_params * net.params
+    report = None
+    if measure_latency:
+        batches = tuple(sorted({1, int(latency_batch)}))
+        before = rounding.time_candidates(proto, cands, batches, timer or rounding.default_timer(net))
+        best = rounding.choose(cands) if mode == "auto" else cands[0]
+        report = rounding.latency_report(before, best, cands, mode)
+        detail = f"round-to {best.round_to}: " + ", ".join(f"b{b} x{best.speedup[b]:.2f}" for b in batches)
+        if mode == "auto":
+            detail += f" (best of {len(cands)} candidates)"
+    else:
+        best = cands[0]
+        detail = f"round-to {best.round_to}, not timed"
+    if not best.meets_budget:
+        what = (f"accuracy {accuracy_of(None):.2f}% -> {best.accuracy:.2f}%" if rule == "accuracy budget"
+                else f"{select.params_after(net, best.keep):,} of {net.params:,} parameters")
+        progress.note(f"--round-to {best.round_to} breaks the {rule} ({what}); written as asked")
+    timings[stage] = time.perf_counter() - clock
+    progress.done(stage, detail)
+    return best, report
+
+
 def _select(rule, net, scores, evald, threshold, mean_threshold, max_drop, target_params, rescale, accuracy_of):
     if rule == "parameter budget":
         return select.by_params(net, scores, target_params, True if rescale is None else rescale)
@@ -308,9 +369,9 @@ def _select(rule, net, scores, evald, threshold, mean_threshold, max_drop, targe
                                   accuracy_of=accuracy_of)
     notes: list[str] = []
     keep = select.keep_by_threshold(net, scores, threshold, mean_rule=mean_threshold, notes=notes)
-    sel = select.Selection(scales=select.to_scales(scores, keep, True if rescale is None else rescale), rule=rule,
-                           threshold=threshold,
-                           notes=notes)
+    mode = True if rescale is None else bool(rescale)
+    sel = select.Selection(scales=select.to_scales(scores, keep, mode), rule=rule, threshold=threshold, notes=notes,
+                           rescaled=mode)
     return sel, sel
 
 
@@ -323,10 +384,11 @@ def _ort_accuracy(proto: onnx.ModelProto, net: Network, data: Dataset):
     """
     original: list[float] = []
 
-    def accuracy(scales: dict[int, np.ndarray] | None) -> float:
+    def accuracy(scales: dict[int, np.ndarray] | None, built=None) -> float:
+        """built: the (model, network) already rewritten with these scales, if there is one."""
         if scales is None and original:
             return original[0]
-        model, new_net = (proto, net) if scales is None else remove_units(proto, net, scales)
+        model, new_net = (proto, net) if scales is None else (built or remove_units(proto, net, scales))
         logits = run_tensors(model, new_net.input_name, data.x, [new_net.logits_name], dtype=net.input_dtype)[0]
         value = float(np.mean(logits.argmax(axis=1) == data.y) * 100.0)
         if scales is None:
@@ -364,7 +426,8 @@ def _accuracy_pct(value):
 
 
 def _report(net, proto, new_net, new_model, scored, chosen, check, evald, removed_dead, attempts,
-            measure_latency, options) -> dict[str, Any]:
+            chosen_rounding, options) -> dict[str, Any]:
+    candidate, latency = chosen_rounding
     before_rows = measure.layer_table(net, proto)
     after_rows = measure.layer_table(new_net, new_model)
     before, after = measure.totals(before_rows), measure.totals(after_rows)
@@ -396,20 +459,18 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
         "masked_ir_tolerance": float(f"{check.tolerance:.3g}"),
         "solver": solver,
         "selection": {"rule": chosen.rule, "threshold": chosen.threshold, "notes": chosen.notes,
-                      "attempts": attempts,
-                      "units_scored": int(sum(len(chosen.scales[k]) for k in chosen.scales)),
-                      "units_removed": int(sum(int(np.sum(chosen.scales[k] == 0)) for k in chosen.scales))},
+                      "attempts": attempts, "round_to": candidate.round_to,
+                      "units_scored": int(sum(len(candidate.keep[k]) for k in candidate.keep)),
+                      "units_removed": int(sum(int(np.sum(~candidate.keep[k])) for k in candidate.keep)),
+                      "units_added": int(sum(int(np.sum(candidate.keep[k] & ~(chosen.scales[k] > 0)))
+                                             for k in candidate.keep))},
         "calibration": {"indices": [int(i) for i in scored.calibration_indices], "skipped": scored.skipped},
         "dead_units_removed": removed_dead,
         "options": options,
         "output": None,
     }
-    if measure_latency:
-        report["latency"] = {
-            f"batch_{b}": {"before_ms": round(1e3 * measure.latency(proto, net.input_name, net.input_shape, b), 4),
-                           "after_ms": round(1e3 * measure.latency(new_model, net.input_name, net.input_shape, b),
-                                             4)}
-            for b in (1, 64)}
+    if latency is not None:
+        report["latency"] = latency
     return report
 
 
@@ -479,4 +540,5 @@ def _ort_logits(proto, net, ds: Dataset) -> np.ndarray:
 
 
 def _latencies(proto, net) -> dict[str, float]:
-    return {f"batch_{b}": round(1e3 * measure.latency(proto, net.input_name, net.input_shape, b), 4) for b in (1, 64)}
+    return {f"batch_{b}": round(1e3 * measure.latency(proto, net.input_name, net.input_shape, b,
+                                                      fixed_batch=net.fixed_batch), 4) for b in (1, 64)}

@@ -249,11 +249,20 @@ def optimize_table(report: dict, console: Console, verbose: bool = False) -> Non
                              f"({_kept(report['macs_before'], report['macs_after'])})"),
              ("file size", f"{report['file_size_before']:,} -> {report['file_size_after']:,} bytes "
                            f"({_kept(report['file_size_before'], report['file_size_after'])})")]
-    for batch, lat in sorted((report.get("latency") or {}).items(), key=lambda kv: int(kv[0].split("_")[-1])):
+    latency = report.get("latency") or {}
+    batches = sorted((int(key.split("_")[1]), lat) for key, lat in latency.items() if key.startswith("batch_"))
+    for batch, lat in batches:
         speedup = lat["before_ms"] / max(lat["after_ms"], 1e-9)
-        lines.append((f"latency {batch.replace('batch_', 'b')}",
-                      f"{lat['before_ms']:.3f} -> {lat['after_ms']:.3f} ms (speed-up x{speedup:.2f}"
-                      f"{', i.e. slower' if speedup < 1 else ''}; onnxruntime, 1 thread, median)"))
+        lines.append((f"latency b{batch}", f"{lat['before_ms']:.3f} -> {lat['after_ms']:.3f} ms (speed-up "
+                                           f"x{speedup:.2f}{', i.e. slower' if speedup < 1 else ''}; onnxruntime, "
+                                           "1 thread, median)"))
+    round_to, added = report["selection"].get("round_to", 1), report["selection"].get("units_added", 0)
+    what = (f"kept channels up to multiples of {round_to} ({added} added back)" if round_to != 1 else "none")
+    if latency.get("round_to_mode") == "auto":
+        tried = ", ".join(str(c["round_to"]) for c in latency["candidates"])
+        lines.append(("conv rounding", f"{what}: the fastest of --round-to {tried} here"))
+    elif round_to != 1:
+        lines.append(("conv rounding", what))
     if report.get("accuracy_before") is not None:
         data = report.get("accuracy_data", "evaluation")
         count = report.get("accuracy_samples")

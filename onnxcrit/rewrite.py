@@ -27,16 +27,20 @@ from .ir import Network, ParamRef
 # public API
 
 def remove_units(model: onnx.ModelProto, net: Network, scales: dict[int, np.ndarray], *,
-                 compensation: dict[int, np.ndarray] | None = None) -> tuple[onnx.ModelProto, Network]:
+                 compensation: dict[int, np.ndarray] | None = None,
+                 keep: dict[int, np.ndarray] | None = None) -> tuple[onnx.ModelProto, Network]:
     """Remove the units whose scale is 0 and fold the positive scales into the next layer's weights.
 
     scales: position of a scored layer in `net.layers` -> per-unit factor (0 removes the unit). Layers not in
     scales are unchanged. compensation: position of a linear layer -> a shift of its (IR) bias, as returned by
-    `bias_compensation`. Returns (new model, its Network as the front end reads it); `model` is not changed.
+    `bias_compensation`. keep: which units stay in the graph, per layer of scales (default: scale > 0); a kept
+    unit with scale 0 stays with zero outgoing weights (`select.round_up` keeps such units so a layer keeps a
+    rounded width). Returns (new model, its Network as the front end reads it); `model` is not changed.
     Raises ValueError for bad scales (wrong length, negative, all units removed) and UnsupportedModelError when
     a tensor to change is shared or a removed unit cannot be cut out of the graph cleanly.
     """
     scales = _checked_scales(net, scales)
+    keeps = _checked_keep(scales, keep)
     net = replace(net, layers=list(net.layers))  # a local view: compensation may add a node to a layer
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -52,7 +56,7 @@ def remove_units(model: onnx.ModelProto, net: Network, scales: dict[int, np.ndar
 
     reshape_targets: list[tuple[str, list[int]]] = []
     for k, factor in sorted(scales.items()):
-        keep = factor != 0
+        keep = keeps[k]
         if keep.all() and np.all(factor == 1):
             continue
         n, cols, reshapes = _columns_of_next(net, k)
@@ -82,7 +86,7 @@ def remove_units(model: onnx.ModelProto, net: Network, scales: dict[int, np.ndar
     _sync_initializer_inputs(graph, out.ir_version)
     _reinfer_value_info(out, model)
     new_net = to_network(out)
-    _check_units(net, new_net, scales)
+    _check_units(net, new_net, keeps)
     return out, new_net
 
 
@@ -199,6 +203,21 @@ def _columns_of_next(net: Network, k: int) -> tuple[int, np.ndarray, list[tuple[
     owner = owner.reshape(nxt.in_shape)
     cols = owner.reshape(-1) if nxt.kind == "dense" else _per_channel(owner, nxt.name, "convolution input of")
     return n, np.ascontiguousarray(cols), reshapes
+
+
+def _checked_keep(scales: dict[int, np.ndarray], keep: dict[int, np.ndarray] | None) -> dict[int, np.ndarray]:
+    """keep masks for every layer of scales: the given ones (which must keep every unit of positive scale), else
+    scale > 0."""
+    out = {}
+    for k, factor in scales.items():
+        mask = factor != 0
+        if keep is not None and k in keep:
+            given = np.asarray(keep[k], dtype=bool).reshape(-1)
+            if given.shape != mask.shape or np.any(mask & ~given):
+                raise ValueError(f"keep[{k}] must have one entry per unit and keep every unit of positive scale")
+            mask = given
+        out[k] = mask
+    return out
 
 
 def _checked_scales(net: Network, scales: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -574,12 +593,12 @@ def _keep_symbolic_dims(new: onnx.ValueInfoProto, old: onnx.ValueInfoProto) -> N
             nd.dim_param = od.dim_param
 
 
-def _check_units(before: Network, after: Network, scales: dict[int, np.ndarray]) -> None:
+def _check_units(before: Network, after: Network, keep: dict[int, np.ndarray]) -> None:
     kinds = [layer.kind for layer in before.layers]
     if [layer.kind for layer in after.layers] != kinds:
         raise RuntimeError("the rewritten graph no longer has the original layer sequence")
     for i in before.linear_indices():
-        want = int(np.count_nonzero(scales[i])) if i in scales else before.layers[i].units
+        want = int(np.count_nonzero(keep[i])) if i in keep else before.layers[i].units
         if after.layers[i].units != want:
             raise RuntimeError(f"layer '{before.layers[i].name}' has {after.layers[i].units} units after the "
                                f"rewrite, expected {want}")

@@ -21,6 +21,7 @@ class Selection:
     threshold: float | None = None
     notes: list[str] = field(default_factory=list)
     tried: list[dict] = field(default_factory=list)
+    rescaled: bool = True  # kept units deployed at their score (else at full strength)
 
 
 def input_mask(net: Network, position: int, keep: dict[int, np.ndarray]) -> np.ndarray:
@@ -184,7 +185,8 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
 
     def as_selection(count: int) -> Selection:
         row = tried[count]
-        return Selection(scales=row["_scales"], rule="accuracy budget", threshold=row["threshold"], tried=rows)
+        return Selection(scales=row["_scales"], rule="accuracy budget", threshold=row["threshold"], tried=rows,
+                         rescaled=row["rescaled"])
 
     return (as_selection(best) if best is not None else None), as_selection(closest)
 
@@ -204,5 +206,46 @@ def by_params(net: Network, scores: dict[int, np.ndarray], fraction: float,
             keep[layer][unit] = False
     params = params_after(net, keep)
     tried = [{"fraction": fraction, "params_after": params, "params_before": net.params}]
-    sel = Selection(scales=to_scales(scores, keep, rescale), rule="parameter budget", tried=tried)
+    sel = Selection(scales=to_scales(scores, keep, rescale), rule="parameter budget", tried=tried,
+                    rescaled=bool(rescale))
     return (sel if params <= limit else None), sel
+
+
+def round_up(net: Network, scores: dict[int, np.ndarray], scales: dict[int, np.ndarray], multiple: int,
+             rescaled: bool, kinds: tuple[str, ...] = ("conv",)) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Round every `kinds` layer's kept units up to a multiple of `multiple` (never above its unit count).
+
+    onnxruntime runs convolutions in a blocked channel layout (NCHWc, 8 or 16 channels a block): a layer whose
+    kept count falls just off a block boundary can be slower than the unpruned one. The units added are the
+    layer's removed ones that `removal_order` ranks most important (highest score, ties by weight magnitude).
+    They are deployed as the selection deploys its kept units (`to_scales`): at full strength, or when
+    `rescaled` at their score. A score of 0 would remove the unit again, so such a unit stays in the graph
+    with scale 0 as its factor: it is computed but its outgoing weights are zero (what its score says it is
+    worth), and the layer keeps its rounded width.
+
+    Returns (scales, keep): keep says which units stay in the graph (`rewrite.remove_units(..., keep=keep)`),
+    a superset of scales > 0 when some unit is kept at scale 0. multiple 1 returns the selection as it is.
+    """
+    keep = {i: np.asarray(s) > 0 for i, s in scales.items()}
+    out = {i: np.array(s, dtype=np.float64) for i, s in scales.items()}
+    if multiple <= 1:
+        return out, keep
+    order = removal_order(net, scores)
+    for i in sorted(scales):
+        layer = net.layers[i]
+        if layer.kind not in kinds:
+            continue
+        count = int(keep[i].sum())
+        target = min(-(-count // multiple) * multiple, layer.units)
+        if target == count:
+            continue
+        removed = [unit for k, unit in order if k == i and not keep[i][unit]]
+        for unit in removed[::-1][:target - count]:  # most important first
+            keep[i][unit] = True
+            out[i][unit] = float(np.clip(scores[i][unit], 0.0, 1.0)) if rescaled else 1.0
+    return out, keep
+
+
+def kept_counts(keep: dict[int, np.ndarray]) -> tuple[int, ...]:
+    """The number of kept units per scored layer, in layer order (equal counts: equal rounding candidates)."""
+    return tuple(int(np.sum(keep[i])) for i in sorted(keep))

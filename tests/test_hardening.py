@@ -48,7 +48,7 @@ def _without_timings(report: dict) -> dict:
     return report
 
 
-@pytest.mark.parametrize("extra", [[], ["--search"]])
+@pytest.mark.parametrize("extra", [[], ["--search"], ["--round-to", "8"]])
 def test_same_inputs_give_the_same_bytes(tmp_path, extra):
     outputs = []
     for run in ("a", "b"):

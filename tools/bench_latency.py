@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Latency speed-up against MACs reduction after physically removing units (onnxcrit.rewrite).
+"""Latency speed-up against MACs reduction after physically removing units, and what --round-to does about it.
 
 Models (built once, cached in ~/.cache/onnxcrit, not in git):
 
@@ -8,14 +8,22 @@ Models (built once, cached in ~/.cache/onnxcrit, not in git):
 * A wider CNN at 32x32x3: conv 3->64->128->256 (3x3, pad 1), each relu + maxpool2, flatten, fc512-relu-fc10,
   random init (latency does not depend on the weights).
 
-For each model and each removed fraction, every scored layer loses that fraction of its units by magnitude
-(L1 norm of the unit's incoming weights). The rewritten model is validated against the masked IR forward pass,
-then onnxruntime latency is measured at batch 1 and 64 (one thread, warm-up, median of the repeats; the
-original and the pruned model are timed in alternation so both see the same machine load).
-Speed-up = latency before / latency after; MACs ratio = MACs before / MACs after. Target: at batch 64 the
-speed-up reaches at least 0.8 of the MACs ratio.
+Default mode (tools/results/bench_latency.md): the bundled digits CNN as `optimize` prunes it by default, and
+LeNet-5 and the wide CNN with magnitude masks (every scored layer loses the same fraction of its units, those
+with the smallest L1 norm of incoming weights), each without rounding, with --round-to 8 and 16 (conv layers'
+kept channels rounded up with the best removed ones), and with what --round-to auto picks when it runs here
+(its own short measurement). The original and every distinct variant are then timed in alternation in one run
+per batch size (onnxruntime, one thread, CPU time of the calling thread, median), so all see the same load.
 
-Usage: python tools/bench_latency.py [--repeats 30] [--warmup 5] [--fractions 0.5 0.75] [--out FILE]
+--level-study (tools/results/bench_latency_levels.md): the earlier study, magnitude masks without rounding at
+onnxruntime's graph optimisation levels "all" (its default, NCHWc) and "extended" (no NCHWc), wall and CPU.
+--dense (tools/results/bench_latency_dense.md): a 784-N-10 MLP for N around 150: is a dense layer faster at a
+multiple of 8 or 16 units? (It decides whether --round-to rounds dense layers.)
+
+Speed-up = latency before / latency after; MACs ratio = MACs before / MACs after.
+
+Usage: python tools/bench_latency.py [--level-study [--levels all extended] | --dense] [--repeats 30] [--warmup 5]
+                                     [--fractions 0.5 0.75] [--out FILE]
 """
 from __future__ import annotations
 
@@ -34,16 +42,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools" / "bench"))
 
-from onnxcrit.frontend import load_network  # noqa: E402
+from onnxcrit import api, optimize, rounding, select  # noqa: E402
+from onnxcrit.frontend import load_network, to_network  # noqa: E402
 from onnxcrit.measure import file_size, layer_table, paired_timings, totals  # noqa: E402
 from onnxcrit.output import write_model  # noqa: E402
 from onnxcrit.rewrite import remove_units  # noqa: E402
-from onnxcrit.validate import check_rewrite  # noqa: E402
+from onnxcrit.validate import check_rewrite, run_tensors  # noqa: E402
 from results import publish  # noqa: E402
 
 CACHE = Path(os.environ.get("ONNXCRIT_CACHE", Path.home() / ".cache" / "onnxcrit"))
 MNIST = Path("/work/shared/data/mnist.npz")
 RESULTS = ROOT / "tools" / "results" / "bench_latency.md"
+RESULTS_LEVELS = ROOT / "tools" / "results" / "bench_latency_levels.md"
+RESULTS_DENSE = ROOT / "tools" / "results" / "bench_latency_dense.md"
+DIGITS = ROOT / "models" / "digits_cnn.onnx", ROOT / "models" / "digits_cnn_calib.npz", \
+    ROOT / "models" / "digits_cnn_eval.npz"
 
 
 # models ----------------------------------------------------------------------------------------------------
@@ -131,7 +144,198 @@ def magnitude_scales(net, fraction: float) -> dict[int, np.ndarray]:
     return scales
 
 
-# benchmark -------------------------------------------------------------------------------------------------
+# rounding (default mode) -------------------------------------------------------------------------------------
+
+ROUNDINGS = (1, 8, 16)  # the table's fixed columns; auto tries rounding.ROUNDINGS
+
+
+def _widths(model) -> tuple[int, ...]:
+    net = to_network(model)
+    return tuple(net.layers[i].units for i in net.scored_indices())
+
+
+def _removed(net, model) -> str:
+    after = _widths(model)
+    return ", ".join(f"{net.layers[i].kind} {net.layers[i].units - a}/{net.layers[i].units}"
+                     for i, a in zip(net.scored_indices(), after))
+
+
+def _accuracy(model, net, data) -> float | None:
+    if data is None:
+        return None
+    x, y = data
+    logits = run_tensors(model, net.input_name, x, [net.logits_name], dtype=net.input_dtype)[0]
+    return float(np.mean(logits.argmax(axis=1) == y) * 100.0)
+
+
+def digits_variants() -> tuple:
+    """The digits CNN pruned by `optimize` defaults, at each fixed rounding and with auto (timed here)."""
+    path, calib, evald = DIGITS
+    net, model = load_network(path)
+    variants = {k: optimize(path, calib, eval_data=evald, measure_latency=False, round_to=k).model
+                for k in ROUNDINGS}
+    auto = optimize(path, calib, eval_data=evald).report["latency"]["round_to"]
+    variants["auto"] = optimize(path, calib, eval_data=evald, measure_latency=False, round_to=auto).model
+    ev = np.load(evald)
+    return net, model, variants, auto, (ev["x"].astype(np.float32), ev["y"])
+
+
+def magnitude_variants(net, model, fraction: float) -> tuple:
+    """Magnitude masks removing `fraction` of every scored layer, at each rounding and with auto (timed here)."""
+    scales = magnitude_scales(net, fraction)
+    scores = {k: np.abs(net.layers[k].weight.reshape(net.layers[k].units, -1)).sum(axis=1) for k in scales}
+    scores = {k: s / max(float(s.max()), 1e-300) for k, s in scores.items()}  # ranks the removed ones to add
+    sel = select.Selection(scales=scales, rule="magnitude", rescaled=False)
+    by_k = {c.round_to: c for c in rounding.candidates(net, model, scores, sel, rounding.ROUNDINGS)}
+    for c in list(by_k.values()):
+        for k in c.same_as:
+            by_k[k] = c
+    auto, _ = api._round(net, model, scores, sel, "threshold", "auto", True, 64, None, None, None, None,
+                         api.Progress(), {})
+    variants = {k: by_k[k].model for k in ROUNDINGS}
+    variants["auto"] = by_k[auto.round_to].model
+    for k, c in by_k.items():  # every variant computes the masked IR (rounded units included)
+        report = check_rewrite(model, c.model, net, c.scales, [np.random.default_rng(0).random(
+            (8, *net.input_shape)).astype(np.float32)])
+        if not report.ok:
+            raise SystemExit(f"round-to {k}: rewrite failed validation: {report.reasons}")
+    return variants, auto.round_to
+
+
+def time_variants(model, net, variants: dict, args) -> dict:
+    """Time the original and every distinct variant in alternation; {variant key: {batch: (before, after)}}."""
+    distinct: list = []
+    index = {}
+    for key, m in variants.items():
+        blob = m.SerializeToString()
+        j = next((j for j, d in enumerate(distinct) if d[0] == blob), None)
+        if j is None:
+            distinct.append((blob, m))
+            j = len(distinct) - 1
+        index[key] = j
+    out = {key: {} for key in variants}
+    for b in (1, 64):
+        repeats = args.repeats * (10 if b == 1 else 1)
+        t = paired_timings([model] + [m for _, m in distinct], net.input_name, net.input_shape, b, repeats,
+                           args.warmup, fixed_batch=net.fixed_batch)["cpu"]
+        for key, j in index.items():
+            out[key][b] = (t[0], t[1 + j])
+    return out
+
+
+def rounding_rows(args) -> list[dict]:
+    cases = []
+    net, model, variants, auto, data = digits_variants()
+    cases.append(("digits CNN (bundled), optimize defaults", net, model, variants, auto, data))
+    test = mnist()[2:] if MNIST.exists() else None
+    for label, (file, build) in MODELS.items():
+        net, model = load_network(cached(file, build))
+        data = (test[0][:2000], test[1][:2000]) if "MNIST" in label and test is not None else None
+        for fraction in args.fractions:
+            variants, auto = magnitude_variants(net, model, fraction)
+            cases.append((f"{label}, magnitude {fraction:.0%} of each layer", net, model, variants, auto, data))
+    rows = []
+    for label, net, model, variants, auto, data in cases:
+        times = time_variants(model, net, variants, args)
+        macs0 = net.macs
+        row = dict(model=label, removed=_removed(net, variants[1]), auto_k=auto, acc0=_accuracy(model, net, data))
+        for key, m in variants.items():
+            new_net = to_network(m)
+            row[key] = dict(widths=_widths(m), macs_ratio=macs0 / new_net.macs,
+                            s1=times[key][1][0] / times[key][1][1], s64=times[key][64][0] / times[key][64][1],
+                            ms64=(1e3 * times[key][64][0], 1e3 * times[key][64][1]),
+                            acc=_accuracy(m, net, data))
+        rows.append(row)
+        print(_rounding_line(row), flush=True)
+    return rows
+
+
+def _rounding_line(r: dict) -> str:
+    cells = [f"{k}: {r[k]['widths']} x{r[k]['s1']:.2f}/x{r[k]['s64']:.2f}" for k in (*ROUNDINGS, "auto")]
+    return f"{r['model']:<45} auto={r['auto_k']}  " + "  ".join(cells)
+
+
+def _pair(v: dict) -> str:
+    return f"x{v['s1']:.2f} / x{v['s64']:.2f}"
+
+
+def rounding_table(rows: list[dict], args) -> str:
+    import onnxruntime
+
+    cols = ("model", "removed per layer (no rounding)", "MACs ratio: none / 8 / 16 / auto",
+            "speed-up b1 / b64, no rounding", "--round-to 8", "--round-to 16", "--round-to auto (K it chose)",
+            "b64 speed-up / MACs ratio: none / auto", "accuracy: original / none / 8 / 16 / auto")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        none, auto = r[1], r["auto"]
+        acc = "-" if r["acc0"] is None else " / ".join(f"{v:.2f}" for v in (r["acc0"], *(r[k]["acc"] for k in (
+            1, 8, 16, "auto"))))
+        cells = (r["model"], r["removed"],
+                 " / ".join(f"{r[k]['macs_ratio']:.2f}" for k in (1, 8, 16, "auto")),
+                 _pair(none), _pair(r[8]), _pair(r[16]), f"{_pair(auto)} ({r['auto_k']})",
+                 f"{none['s64'] / none['macs_ratio']:.2f} / {auto['s64'] / auto['macs_ratio']:.2f}", acc)
+        lines.append("| " + " | ".join(cells) + " |")
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "unknown SIMD"
+    note = (f"\nonnxruntime {onnxruntime.__version__}, CPUExecutionProvider, graph optimisation 'all' (its default, "
+            f"NCHWc convolutions), 1 intra-op thread, {args.warmup} warm-up runs, median CPU time of the calling "
+            f"thread over {args.repeats} runs at batch 64 and {10 * args.repeats} at batch 1; the original and "
+            f"every distinct variant of a row timed in alternation in one run. {os.cpu_count()} CPU(s) ({simd}), "
+            f"1-minute load average {args.load[0]:.1f} at the start and {args.load[1]:.1f} at the end. "
+            "Speed-up = original / pruned; MACs ratio = original / pruned. The digits CNN is pruned by "
+            "`optimize` with its defaults (1-point accuracy budget on the bundled evaluation data, accuracy on "
+            "it); the other rows use magnitude masks, and rounding adds back the removed channels with the "
+            "largest L1 norm. LeNet-5 accuracy: the first 2,000 MNIST test images, no fine-tuning; the wide CNN "
+            "has random weights. auto = the K `--round-to auto` chose in its own short measurement (1, 4, 8 or "
+            f"16), timed again here with the others. Produced by `python tools/bench_latency.py`, "
+            f"{time.strftime('%Y-%m-%d')}.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+NOTES_ROUNDING = """
+Reading the table. onnxruntime's default level runs convolutions in NCHWc blocks (8 channels with AVX2, 16
+with AVX-512). The digits CNN's default pruning keeps 7 of 8 and 12 of 16 channels: both layers fall off a
+block boundary and the pruned model is slower than the original, most at batch 64. Rounding to 8 gives both
+conv layers back their full width (the pruning then only removes fc1 units): as fast as the original, not
+faster, and auto picks it. LeNet-5's magnitude masks keep 3 and 8 (or 2 and 4) channels: there rounding up
+only adds work, and auto keeps K = 1. The wide CNN's kept counts are already multiples of 16, so every K gives
+the same model. Rounding is no way to make a pruned small CNN beat the original under NCHWc; it stops the
+pruned model from being slower, and auto measures which is which on the machine at hand. Dense layers are not
+rounded: `--dense` finds no step at multiples of 8 or 16 (tools/results/bench_latency_dense.md).
+"""
+
+
+# dense layers (--dense) ----------------------------------------------------------------------------------------
+
+def dense_table(args) -> str:
+    sys.path.insert(0, str(ROOT))
+    from tests.onnx_builders import mlp
+
+    import onnxruntime
+
+    model = mlp((784, 300, 10))
+    net = to_network(model)
+    widths = (144, 145, 147, 150, 151, 152, 153, 156, 159, 160, 161, 168)
+    k = net.scored_indices()[0]
+    models = []
+    for n in widths:
+        s = np.zeros(300)
+        s[:n] = 1.0
+        models.append(remove_units(model, net, {k: s})[0])
+    lines = ["| N | " + " | ".join(map(str, widths)) + " |", "|---|" + "---|" * len(widths)]
+    for b in (1, 64):
+        repeats = args.repeats * (10 if b == 1 else 1)
+        t = paired_timings(models, net.input_name, net.input_shape, b, repeats, args.warmup)["cpu"]
+        lines.append(f"| batch {b}, us | " + " | ".join(f"{1e6 * v:.1f}" for v in t) + " |")
+    return ("# Dense layers: no step at multiples of 8 or 16\n\nA 784-N-10 MLP (random weights), N hidden units, "
+            f"timed in alternation (onnxruntime {onnxruntime.__version__}, 1 thread, median CPU time of "
+            f"{args.repeats} runs at batch 64 and {10 * args.repeats} at batch 1).\n\n" + "\n".join(lines) +
+            "\n\nIf a multiple of 8 or 16 were faster, the columns 152 and 160 would stand out; they do not beyond the "
+            "timing noise, so --round-to leaves dense layers alone (adding units there only adds work). "
+            f"Produced by `python tools/bench_latency.py --dense`, {time.strftime('%Y-%m-%d')}.\n")
+
+
+# benchmark (--levels) ------------------------------------------------------------------------------------------
 
 def run(args) -> list[dict]:
     rows = []
@@ -215,7 +419,7 @@ def table(rows: list[dict], args) -> str:
             "other processes, so it is the steadier number on a shared machine. Magnitude masks (L1 norm of "
             "incoming weights); every scored layer loses the same fraction, the output layer keeps its 10 units. "
             "Accuracy: MNIST test set, no fine-tuning. Target: b64 speed-up >= 0.8 x MACs ratio. Produced by "
-            f"`python tools/bench_latency.py`, {time.strftime('%Y-%m-%d')}.\n")
+            f"`python tools/bench_latency.py --level-study`, {time.strftime('%Y-%m-%d')}.\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -238,15 +442,30 @@ def main(argv=None) -> int:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.75])
     parser.add_argument("--levels", nargs="+", default=["all", "extended"], choices=["all", "extended", "basic"],
                         help="onnxruntime graph optimisation levels to time ('all' is its default)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--level-study", action="store_true",
+                      help="the graph optimisation level study (no rounding), levels from --levels")
+    mode.add_argument("--dense", action="store_true", help="dense layer widths around multiples of 8 and 16")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
-    rows = run(args)
+    if args.dense:
+        publish(args.out or RESULTS_DENSE, dense_table(args))
+        return 0
+    if args.level_study:
+        rows = run(args)
+        args.load = (load_before, os.getloadavg()[0])
+        rows.sort(key=lambda r: (r["model"], args.levels.index(r["level"]), r["removed"]))
+        text = "# Latency against MACs after removing units\n\n" + table(rows, args) + NOTES
+        print()
+        publish(args.out or RESULTS_LEVELS, text)
+        return 0
+    rows = rounding_rows(args)
     args.load = (load_before, os.getloadavg()[0])
-    rows.sort(key=lambda r: (r["model"], args.levels.index(r["level"]), r["removed"]))
-    text = "# Latency against MACs after removing units\n\n" + table(rows, args) + NOTES
+    text = ("# Pruned CNNs in onnxruntime: no rounding, --round-to 8 / 16 / auto\n\n" + rounding_table(rows, args)
+            + NOTES_ROUNDING)
     print()
-    publish(args.out, text)
+    publish(args.out or RESULTS, text)
     return 0
 
 
