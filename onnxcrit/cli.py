@@ -191,7 +191,7 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("--round-to", default="auto", show_default=True, metavar="auto|K",
               help="Round conv layers' kept channels up to a multiple of K (fast in onnxruntime's blocked layout). "
               "auto MEASURES K = 1, 4, 8, 16 against the original on this machine and writes the fastest within "
-              "the budget (machine-dependent; give K to pin it).")
+              "the budget, so its output depends on the machine; give K to pin it.")
 @click.option("--latency-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="The second batch size latency is timed at (besides 1).")
 @click.option("--finetune-data", type=click.Path(path_type=Path),

@@ -223,7 +223,7 @@ def test_not_slower_prints_no_warning(tmp_path, monkeypatch):
                                        "-o", str(tmp_path / "o.onnx")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "warning:" not in result.output
-    assert "conv rounding  none: the fastest of --round-to 1, 4, 8 here" in result.output
+    assert "conv rounding none: the fastest of --round-to 1, 4, 8 here" in " ".join(result.output.split())
 
 
 def test_an_accuracy_budget_excludes_a_candidate_that_breaks_it():
