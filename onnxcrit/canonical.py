@@ -119,12 +119,12 @@ def merge_zero_pad(model: onnx.ModelProto) -> bool:
     """
     graph = model.graph
     consts = constant_values(graph)
-    consumers = _consumers(graph)
+    users_of = consumers(graph)
     outputs = {o.name for o in graph.output}
     changed = False
     for pad in [n for n in graph.node if n.op_type == "Pad" and n.domain in ("", "ai.onnx")]:
         spatial = _zero_spatial_pads(pad, consts)
-        users = consumers.get(pad.output[0], [])
+        users = users_of.get(pad.output[0], [])
         if spatial is None or len(users) != 1 or pad.output[0] in outputs:
             continue
         user = users[0]
@@ -190,20 +190,20 @@ def absorb_flatten_transpose(model: onnx.ModelProto) -> bool:
     """Drop the Transpose(perm [0,2,3,1]) before a flatten into a dense layer by permuting that layer's input
     rows, so the flatten reads NCHW: row c*H*W + h*W + w of the new weight is row (h*W + w)*C + c of the old."""
     graph = model.graph
-    consumers = _consumers(graph)
+    users_of = consumers(graph)
     outputs = {o.name for o in graph.output}
     inits = {t.name: t for t in graph.initializer}
-    uses = {name: len(users) for name, users in consumers.items()}
+    uses = {name: len(users) for name, users in users_of.items()}
     shapes = None
     changed = False
     for t in [n for n in graph.node if n.op_type == "Transpose"]:
         perm = [int(p) for a in t.attribute if a.name == "perm" for p in a.ints]
-        if perm != [0, 2, 3, 1] or t.output[0] in outputs or len(consumers.get(t.output[0], [])) != 1:
+        if perm != [0, 2, 3, 1] or t.output[0] in outputs or len(users_of.get(t.output[0], [])) != 1:
             continue
-        flat = consumers[t.output[0]][0]
+        flat = users_of[t.output[0]][0]
         if not _is_flatten(flat) or flat.output[0] in outputs:
             continue
-        dense = consumers.get(flat.output[0], [])
+        dense = users_of.get(flat.output[0], [])
         if len(dense) != 1 or dense[0].input[0] != flat.output[0]:
             continue
         dense = dense[0]
@@ -263,7 +263,8 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, int, int]]:
 # ---------------------------------------------------------------------------------------------------------
 # small graph helpers
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it (each node once)."""
     out: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in dict.fromkeys(node.input):

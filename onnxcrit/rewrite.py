@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .bounds import Bounds
-from .canonical import remove_dead_nodes
+from .canonical import consumers, remove_dead_nodes
 from .errors import UnsupportedModelError
 from .frontend import to_network
 from .ir import Network, ParamRef
@@ -331,15 +331,6 @@ class _TensorTable:
         return name
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in dict.fromkeys(node.input):
-            if name:
-                users.setdefault(name, []).append(node)
-    return users
-
-
 def _check_ownership(graph: onnx.GraphProto, net: Network, edits: dict[str, _Edit],
                      extra_refs: dict[int, list[ParamRef]]) -> None:
     """Every tensor about to change must belong to one layer and feed one of that layer's nodes only."""
@@ -347,7 +338,7 @@ def _check_ownership(graph: onnx.GraphProto, net: Network, edits: dict[str, _Edi
     for i, layer in enumerate(net.layers):
         for ref in (*getattr(layer, "out_refs", ()), *getattr(layer, "in_refs", ()), *extra_refs.get(i, [])):
             owners.setdefault(ref.tensor, set()).add(i)
-    users = _consumers(graph)
+    users = consumers(graph)
     outputs = {o.name for o in graph.output}
     for name, edit in edits.items():
         layer = net.layers[edit.layer]
@@ -375,7 +366,7 @@ def _add_to_bias(graph: onnx.GraphProto, table: _TensorTable, net: Network, n: i
         raise ValueError(f"compensation for layer {n} ('{layer.name}'), which is not linear")
     if delta.size != layer.units:
         raise ValueError(f"compensation[{n}] has {delta.size} entries; layer '{layer.name}' has {layer.units}")
-    users = _consumers(graph)
+    users = consumers(graph)
     refs = {ref.tensor: ref for ref in layer.out_refs}
     main = users[layer.in_refs[0].tensor][0]
     by_op = {}
@@ -516,7 +507,7 @@ def _set_reshape_target(graph: onnx.GraphProto, table: _TensorTable, shape_node:
         return
     old = table.get(source)
     value = np.array(target, dtype=old.dtype).reshape(old.shape)
-    users = _consumers(graph).get(source, [])
+    users = consumers(graph).get(source, [])
     if len(users) == 1 and source not in {o.name for o in graph.output}:
         table.set(source, value)
     else:  # the shape constant is shared: give this Reshape its own
