@@ -8,7 +8,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -21,6 +21,7 @@ from .data import Dataset, load_data
 from .errors import BudgetError, InputError, OnnxcritError, SolveError, naming
 from .frontend import load_model, load_network
 from .ir import INPUT_STAGE_KINDS, Network
+from .options import DEFAULTS, Options
 from .rewrite import bias_compensation, dead_units, remove_units
 from .validate import check_canonical, check_rewrite, run_tensors
 
@@ -55,227 +56,248 @@ class Result:
     scales: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def _check_options(eps, lam, threshold, num_samples, time_limit, max_accuracy_drop, target_params, margin=1.0):
-    """One-line refusals for nonsense option values (exit code 2)."""
-    checks = [
-        (eps is not None and not (math.isfinite(eps) and eps >= 0), f"eps must be >= 0, got {eps}"),
-        (not (math.isfinite(lam) and lam > 0), f"lambda must be > 0, got {lam}"),
-        (threshold is not None and not (0 <= threshold <= 1), f"threshold must be in [0, 1], got {threshold}"),
-        (num_samples < 1, f"num_samples must be >= 1, got {num_samples}"),
-        (not (math.isfinite(margin) and margin >= 0), f"margin must be >= 0, got {margin}"),
-        (not (math.isfinite(time_limit) and time_limit > 0), f"time limit must be > 0 seconds, got {time_limit}"),
-        (max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 100),
-         f"max accuracy drop must be in [0, 100] points, got {max_accuracy_drop}"),
-        (target_params is not None and not (0 < target_params <= 1),
-         f"target params must be a fraction in (0, 1], got {target_params}"),
-        (max_accuracy_drop is not None and target_params is not None,
-         "give either an accuracy budget or a parameter budget, not both"),
-    ]
-    for bad, message in checks:
-        if bad:
-            raise InputError(message)
+@dataclass
+class _Loaded:
+    """The load stage's output: the canonical model, its IR, the data, what was recognised."""
+
+    net: Network
+    proto: onnx.ModelProto
+    calib: Dataset
+    evald: Dataset | None
+    patterns: list[str]
 
 
-def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None, eps: float = 1e-5,
-             lam: float = 5.0, threshold: float | None = None, mean_threshold: bool = False,
-             num_samples: int = 10, relax: bool = True, solver: str = "auto", time_limit: float = 300.0,
-             max_accuracy_drop: float | None = None, target_params: float | None = None, seed: int = 0,
-             loss: str = "hinge", margin: float = 1.0, sparsity: str = "mean", rescale: bool | None = None,
-             compensation: bool = False,
-             measure_latency: bool = True, round_to: int | str = "auto", latency_batch: int = 64,
-             latency_timer: rounding.Timer | None = None, finetune_data=None, finetune_epochs: int = 3,
-             mode: str = "full", workers: int | None = None, search: bool = False,
-             progress: Progress | None = None) -> Result:
+@dataclass
+class _Plan:
+    """Which selection rule runs, with what budget, in which mode (filled in from the options and the data)."""
+
+    rule: str
+    threshold: float | None
+    max_drop: float | None
+    by_default: bool  # the rule was picked for the user, not asked for
+    mode: str
+    mode_reason: str
+    workers: int | None
+    rescale: bool | None  # how the selection deploys kept units
+
+
+def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None, options: Options | None = None,
+             finetune_data=None, latency_timer: rounding.Timer | None = None, progress: Progress | None = None,
+             **changes) -> Result:
     """Score every prunable unit with the OAMIP MIP, remove the unimportant ones, validate, and report.
 
     model: an ONNX path or ModelProto. data: calibration data (.npz path with x and y, an (x, y) pair or a
-    dict). eval_data: held-out data for accuracy and budgets. Selection: `target_params` (keep at most that
-    fraction of the parameters), else `max_accuracy_drop` (points on eval_data), else an explicit `threshold` /
-    `mean_threshold`, else with eval_data a 1.0-point accuracy budget, else the paper's threshold 0.1.
-    rescale: deploy kept units at their score (True, METHOD.md section 6), at full strength (False), or (None)
-    whichever is more accurate on eval_data under an accuracy budget, else at their score.
-    finetune_data: train the pruned model `finetune_epochs` epochs on it afterwards (needs the `finetune` extra).
-    mode: "full" (one MIP for the whole network), "decoupled" (one MIP per block on an auxiliary head, solved by
-    `workers` parallel workers, default the number of cores; METHOD.md section 5) or "auto" (decoupled for
-    large problems; the report's `mode` and `mode_reason` say which and why).
-    search: under an accuracy budget, solve with every setting of SEARCH_GRID (calibration images x margin)
-    instead of `num_samples` / `margin`, and keep the one whose selection removes the most parameters within
-    the budget on eval_data; `time_limit` covers all the solves together; `selection.attempts` in the report
-    lists every solve.
-    round_to: after the selection, round every conv layer's kept channels up to a multiple of this (at most the
-    layer's count), adding back the best removed channels (onnxruntime's blocked convolution layout runs
-    multiples of 8 or 16 fastest). "auto" (default): with `measure_latency`, rewrite the model for each of
-    rounding.ROUNDINGS, time each against the original at batch 1 and `latency_batch` with onnxruntime on
-    this machine, and keep the fastest within the budget (so the output depends on the machine); without
-    `measure_latency`, 1 (no rounding). report["latency"] lists every candidate and says whether the written
-    model is `slower` than the original. latency_timer(models, batch) -> seconds per `batch` samples of each
-    model (the original first), timed in alternation; default onnxruntime, one thread.
+    dict). eval_data: held-out data for accuracy and budgets. options: an `Options` (defaults: `DEFAULTS`);
+    keyword arguments change single options (`optimize(path, data, threshold=0.1)`), checked the same way.
+    Selection: `target_params` (keep at most that fraction of the parameters), else `max_accuracy_drop`
+    (points on eval_data), else an explicit `threshold` / `mean_threshold`, else with eval_data a 1.0-point
+    accuracy budget, else the paper's threshold 0.1. `rescale`: kept units at their score (True), at full
+    strength (False), or (None) whichever is more accurate on eval_data under an accuracy budget, else at their
+    score. `mode`: "full" (one MIP), "decoupled" (one MIP per block on an auxiliary head, `workers` in
+    parallel) or "auto" (by problem size; the report's `mode_reason` says why). `search`: under an accuracy
+    budget, solve with every setting of SEARCH_GRID and keep the one that removes the most within the budget.
+    `round_to`: conv layers' kept channels rounded up to a multiple of it; "auto" (with `measure_latency`)
+    times K in rounding.ROUNDINGS against the original on this machine and keeps the fastest within the budget.
+    latency_timer(models, batch) -> seconds per `batch` samples of each model (default: onnxruntime, one
+    thread). finetune_data: train the pruned model `finetune_epochs` epochs on it (needs the finetune extra).
     Raises InputError (bad input), SolveError (no solution), BudgetError (budget unreachable),
     ValidationError (the rewritten model failed a check).
     """
-    from .scoring import compute_scores  # the MIP stack loads only when needed
-
+    opts = (options or DEFAULTS).updated(**changes) if changes else (options or DEFAULTS)
     progress = progress or Progress()
-    _check_options(eps, lam, threshold, num_samples, time_limit, max_accuracy_drop, target_params, margin)
-    if finetune_epochs < 1:
-        raise InputError(f"finetune epochs must be >= 1, got {finetune_epochs}")
-    if mode not in ("full", "decoupled", "auto"):
-        raise InputError(f"unknown mode {mode!r}; expected full, decoupled or auto")
-    if workers is not None and not (int(workers) == workers and workers >= 1):
-        raise InputError(f"workers must be a positive integer, got {workers}")
-    round_to = rounding.parse_round_to(round_to)
-    if isinstance(latency_batch, bool) or not isinstance(latency_batch, (int, np.integer)) or latency_batch < 1:
-        raise InputError(f"latency batch must be an integer >= 1, got {latency_batch!r}")
     timings: dict[str, float] = {}
+    loaded = _load(model, data, eval_data, progress, timings)
+    plan = _plan(opts, loaded, progress)
+    # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
+    measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, loaded.evald) if plan.rule == "accuracy budget" \
+        else None
+    scored, chosen, attempts, opts = _score_and_select(opts, plan, loaded, measure_accuracy, progress, timings)
+    candidate, latency = _round(loaded.net, loaded.proto, scored.scores, chosen, plan.rule, opts.round_to,
+                                opts.measure_latency, opts.latency_batch, latency_timer, measure_accuracy,
+                                plan.max_drop, opts.target_params, progress, timings)
+    new_model, new_net, shifts, removed_dead = _rewrite(opts, loaded, scored, candidate, progress, timings)
+    check = _validate(loaded, new_model, candidate.scales, shifts, progress, timings)
+    report = _measure(opts, plan, loaded, scored, chosen, check, new_model, new_net, removed_dead, attempts,
+                      (candidate, latency), progress, timings)
+    if finetune_data is not None:
+        new_model = _finetune(opts, loaded, new_model, new_net, finetune_data, report, progress, timings)
+    report["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    return Result(model=new_model, network=new_net, report=report, scores=scored.scores, scales=candidate.scales)
+
+
+def _timed(stage: str, progress: Progress, timings: dict, deadline: float | None = None):
+    """Start a stage: returns a function that ends it with a detail line and books its seconds."""
+    progress.start(stage, deadline) if deadline is not None else progress.start(stage)
     clock = time.perf_counter()
 
-    progress.start("load")
+    def done(detail: str = "") -> None:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - clock
+        progress.done(stage, detail)
+    return done
+
+
+def _load(model, data, eval_data, progress, timings) -> _Loaded:
+    """Read and canonicalise the model, check it against the published one, read the data."""
+    done = _timed("load", progress, timings)
     net, proto = load_network(model)
     calib = load_data(data, net, what="calibration data")
     evald = load_data(eval_data, net, what="evaluation data") if eval_data is not None else None
     patterns = recognised_patterns(net)
     if net.canonicalised:  # the canonical graph must compute what the published file computes
         check_canonical(load_model(model), proto, net, calib.x)
-    timings["load"] = time.perf_counter() - clock
-    progress.done("load", f"{len(net.scored_indices())} prunable layers, {net.params:,} parameters"
-                          + (f"; recognised {', '.join(patterns)}" if patterns else ""))
-    used_mode, mode_reason = mode, "requested"
+    done(f"{len(net.scored_indices())} prunable layers, {net.params:,} parameters"
+         + (f"; recognised {', '.join(patterns)}" if patterns else ""))
+    return _Loaded(net, proto, calib, evald, patterns)
+
+
+def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
+    """The selection rule and the mode, from the options and whether there is evaluation data."""
+    net, evald = loaded.net, loaded.evald
+    mode, reason, workers = opts.mode, "requested", opts.workers
     if mode != "full":
         from . import decoupled
 
         if mode == "auto":
-            used_mode, mode_reason = decoupled.choose_mode(net, num_samples)
-            if used_mode == "decoupled":
-                progress.note(f"mode decoupled: {mode_reason}")
+            mode, reason = decoupled.choose_mode(net, opts.num_samples)
+            if mode == "decoupled":
+                progress.note(f"mode decoupled: {reason}")
         workers = decoupled.default_workers() if workers is None else int(workers)
-
-    by_default = False  # the rule was picked for the user, not asked for
-    if target_params is not None:
+    threshold, max_drop, by_default = opts.threshold, opts.max_accuracy_drop, False
+    if opts.target_params is not None:
         rule = "parameter budget"
-    elif max_accuracy_drop is not None:
+    elif max_drop is not None:
         rule = "accuracy budget"
-    elif threshold is not None or mean_threshold:
-        rule = "mean score" if mean_threshold else "threshold"
+    elif threshold is not None or opts.mean_threshold:
+        rule = "mean score" if opts.mean_threshold else "threshold"
     elif evald is not None:
-        rule, max_accuracy_drop, by_default = "accuracy budget", DEFAULT_ACCURACY_BUDGET, True
+        rule, max_drop, by_default = "accuracy budget", DEFAULT_ACCURACY_BUDGET, True
     else:
         rule, threshold, by_default = "threshold", 0.1, True
     if rule == "accuracy budget" and evald is None:
         raise InputError("an accuracy budget needs evaluation data (--eval-data)")
-    if search and rule != "accuracy budget":
+    if opts.search and rule != "accuracy budget":
         raise InputError(f"the search compares settings under an accuracy budget; it does not apply to the {rule} "
                          f"rule (give --eval-data, and no --threshold / --target-params)")
-
     # each block's MIP saw the unpruned network's inputs, not earlier blocks' scaled ones: in decoupled mode
-    # kept units are deployed at full strength unless asked otherwise (measured: tools/results/bench_vgg.md)
-    deploy_rescale = False if (used_mode == "decoupled" and rescale is None) else rescale
-    score = compute_scores if used_mode == "full" else partial(decoupled.decoupled_scores, workers=workers)
-    measure_accuracy = _ort_accuracy(proto, net, evald) if rule == "accuracy budget" else None
+    # kept units are deployed at full strength unless asked otherwise (measured: docs/benchmarks.md)
+    rescale = False if (mode == "decoupled" and opts.rescale is None) else opts.rescale
+    return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale)
+
+
+def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accuracy, progress, timings):
+    """Solve the MIP (once, again with a wider margin while an accuracy budget is unmet, or over the search
+    grid) and select units. Returns (scores, selection, attempts, the options the chosen solve used)."""
+    from .scoring import compute_scores  # the MIP stack loads only when needed
+
+    net, calib, evald = loaded.net, loaded.calib, loaded.evald
+    if plan.mode == "full":
+        score = compute_scores
+    else:
+        from .decoupled import decoupled_scores
+        score = partial(decoupled_scores, workers=plan.workers)
     attempts: list[dict] = []
 
     def attempt(n: int, m: float, limit: float):
         """One solve with n calibration images and margin m, and the selection on its scores."""
         progress.start("score", deadline=limit)
-        scored = score(net, calib.x, calib.y, eps=eps, lam=lam, margin=m, sparsity=sparsity, relax=relax,
-                       num_samples=n, seed=seed, solver=solver, time_limit=limit, loss=loss)
+        scored = score(net, calib.x, calib.y, eps=opts.eps, lam=opts.lam, margin=m, sparsity=opts.sparsity,
+                       relax=opts.relax, num_samples=n, seed=opts.seed, solver=opts.solver, time_limit=limit,
+                       loss=opts.loss)
         timings["build"] = timings.get("build", 0.0) + scored.build_seconds
         timings["solve"] = timings.get("solve", 0.0) + scored.solve_seconds
-        blocks = f"{len(scored.blocks)} blocks on {workers} workers, " if used_mode == "decoupled" else ""
+        blocks = f"{len(scored.blocks)} blocks on {plan.workers} workers, " if plan.mode == "decoupled" else ""
         progress.done("score", f"{blocks}{scored.status}, {scored.variables:,} variables, {scored.binaries:,} "
                                f"binaries, solved in {scored.solve_seconds:.1f} s")
-        progress.start("select")
-        clock = time.perf_counter()
-        chosen, closest = _select(rule, net, scored.scores, evald, threshold, mean_threshold, max_accuracy_drop,
-                                  target_params, deploy_rescale, measure_accuracy)
-        timings["select"] = timings.get("select", 0.0) + time.perf_counter() - clock
-        attempts.append({"lambda": lam, "margin": m, "num_samples": n, "tried": closest.tried})
-        progress.done("select", chosen.rule if chosen else "budget not met")
+        done = _timed("select", progress, timings)
+        chosen, closest = _select(plan, net, scored.scores, evald, opts, measure_accuracy)
+        attempts.append({"lambda": opts.lam, "margin": m, "num_samples": n, "tried": closest.tried})
+        done(chosen.rule if chosen else "budget not met")
         return scored, chosen, closest
 
-    if search:
-        scored, chosen, closest, num_samples, margin = _search(attempt, net, len(calib.x), time_limit, progress)
+    n, margin = opts.num_samples, opts.margin
+    if opts.search:
+        scored, chosen, closest, n, margin = _search(attempt, net, len(calib.x), opts.time_limit, progress)
     else:
         while True:
-            scored, chosen, closest = attempt(num_samples, margin, time_limit)
-            if chosen is not None or rule != "accuracy budget" or len(attempts) >= 3:
+            scored, chosen, closest = attempt(n, margin, opts.time_limit)
+            if chosen is not None or plan.rule != "accuracy budget" or len(attempts) >= 3:
                 break
             # a wider margin makes the MIP keep more of every image's lead, so it ranks the units differently; a
             # larger lambda would not: once the hinge loss is 0 at the optimum, raising lambda leaves it optimal
             margin = 2.0 * margin if margin > 0 else 1.0
             progress.note(f"accuracy budget not met; solving again with margin {margin:g}")
     if chosen is None:
-        raise BudgetError(_closest_message(rule, net, closest, max_accuracy_drop, target_params, measure_accuracy))
+        raise BudgetError(_closest_message(plan.rule, net, closest, plan.max_drop, opts.target_params,
+                                           measure_accuracy))
     for note in chosen.notes:
         progress.note(note)
+    return scored, chosen, attempts, replace(opts, num_samples=n, margin=margin)
 
-    candidate, latency = chosen_rounding = _round(
-        net, proto, scored.scores, chosen, rule, round_to, measure_latency, latency_batch, latency_timer,
-        measure_accuracy, max_accuracy_drop, target_params, progress, timings)
+
+def _rewrite(opts: Options, loaded: _Loaded, scored, candidate, progress, timings):
+    """The smaller model (with bias compensation if asked), its kept units recorded in the metadata.
+    Returns (model, network, compensation shifts or None, removed units that were never active)."""
+    net, proto = loaded.net, loaded.proto
     scales, keep = candidate.scales, candidate.keep
-    used = np.asarray(scored.calibration_indices, dtype=np.int64)
-    dead = dead_units(net, interval_bounds(net, calib.x[used], eps))
+    used = loaded.calib.x[np.asarray(scored.calibration_indices, dtype=np.int64)]
+    dead = dead_units(net, interval_bounds(net, used, opts.eps))
     removed_dead = int(sum(int(np.sum(dead[k] & ~keep[k])) for k in scales))
-    shifts = bias_compensation(net, calib.x[used], scales) if compensation else None
-
-    progress.start("rewrite")
-    clock = time.perf_counter()
+    shifts = bias_compensation(net, used, scales) if opts.compensation else None
+    done = _timed("rewrite", progress, timings)
     if shifts is None and candidate.model is not None:
         new_model, new_net = candidate.model, candidate.network
     else:
         new_model, new_net = remove_units(proto, net, scales, compensation=shifts, keep=keep)
     kept = {net.layers[k].name: np.flatnonzero(keep[k]).tolist() for k in sorted(keep)}
     _set_metadata(new_model, KEPT_UNITS_KEY, json.dumps(kept, sort_keys=True, separators=(",", ":")))
-    timings["rewrite"] = time.perf_counter() - clock
-    progress.done("rewrite", f"{new_net.params:,} parameters left")
+    done(f"{new_net.params:,} parameters left")
+    return new_model, new_net, shifts, removed_dead
 
-    progress.start("validate")
-    clock = time.perf_counter()
+
+def _validate(loaded: _Loaded, new_model, scales, shifts, progress, timings):
+    """check_rewrite on the calibration and evaluation data; a failure raises (exit 1, nothing written)."""
+    done = _timed("validate", progress, timings)
+    calib, evald = loaded.calib, loaded.evald
     xs = [calib.x] + ([evald.x] if evald is not None else [])
     ys = [None, evald.y] if evald is not None else [calib.y]  # accuracy on held-out data when there is some
-    check = check_rewrite(proto, new_model, net, scales, xs, y=ys, compensation=shifts)
+    check = check_rewrite(loaded.proto, new_model, loaded.net, scales, xs, y=ys, compensation=shifts)
     check.raise_if_failed()
-    timings["validate"] = time.perf_counter() - clock
-    progress.done("validate", f"agreement {check.agreement * 100:.2f}%")
+    done(f"agreement {check.agreement * 100:.2f}%")
+    return check
 
-    progress.start("measure")
-    clock = time.perf_counter()
-    report = _report(net, proto, new_net, new_model, scored, chosen, check, evald, removed_dead, attempts,
-                     chosen_rounding, dict(eps=eps, lam=lam, threshold=threshold,
-                                           mean_threshold=mean_threshold, num_samples=num_samples, relax=relax,
-                                           solver=solver, time_limit=time_limit, loss=loss, margin=margin,
-                                           search=search,
-                                           sparsity=sparsity,
-                                           max_accuracy_drop=max_accuracy_drop, target_params=target_params,
-                                           seed=seed, rescale=rescale, compensation=compensation, mode=mode,
-                                           workers=workers, round_to=round_to, latency_batch=latency_batch,
-                                           measure_latency=measure_latency))
-    report["mode"], report["mode_reason"] = used_mode, mode_reason
-    report["canonicalised"] = patterns
-    report["selection"]["by_default"] = by_default
-    report["accuracy_samples"] = int(len(evald.x) if evald is not None else len(calib.x))
+
+def _measure(opts, plan, loaded, scored, chosen, check, new_model, new_net, removed_dead, attempts, rounded,
+             progress, timings) -> dict:
+    done = _timed("measure", progress, timings)
+    options = opts.as_dict()
+    options.update(threshold=plan.threshold, max_accuracy_drop=plan.max_drop, workers=plan.workers)
+    report = _report(loaded.net, loaded.proto, new_net, new_model, scored, chosen, check, loaded.evald,
+                     removed_dead, attempts, rounded, options)
+    report["mode"], report["mode_reason"] = plan.mode, plan.mode_reason
+    report["canonicalised"] = loaded.patterns
+    report["selection"]["by_default"] = plan.by_default
+    report["accuracy_samples"] = int(len(loaded.evald.x) if loaded.evald is not None else len(loaded.calib.x))
     report["agreement_samples"] = int(check.samples)
-    report["blocks"] = scored.blocks if used_mode == "decoupled" else []
-    timings["measure"] = time.perf_counter() - clock
-    progress.done("measure")
-    if finetune_data is not None:
-        from .finetune import finetune
+    report["blocks"] = scored.blocks if plan.mode == "decoupled" else []
+    done()
+    return report
 
-        progress.start("finetune")
-        clock = time.perf_counter()
-        tuned = finetune(new_model, load_data(finetune_data, new_net, what="fine-tuning data"), eval_data=evald,
-                         epochs=finetune_epochs, seed=seed)
-        new_model = tuned.model
-        report["finetune"] = {"epochs": tuned.epochs, "losses": [round(v, 6) for v in tuned.losses],
-                              "train_accuracy_before": round(tuned.train_accuracy_before, 4),
-                              "train_accuracy_after": round(tuned.train_accuracy_after, 4)}
-        if tuned.eval_accuracy_after is not None:
-            report["finetune"]["accuracy_before"] = report["accuracy_after"]  # the pruned model, before training
-            report["finetune"]["accuracy_after"] = round(tuned.eval_accuracy_after, 4)
-            report["accuracy_after"] = round(tuned.eval_accuracy_after, 4)
-        timings["finetune"] = time.perf_counter() - clock
-        progress.done("finetune", f"{tuned.epochs} epochs")
-    report["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    return Result(model=new_model, network=new_net, report=report, scores=scored.scores, scales=scales)
+
+def _finetune(opts, loaded, new_model, new_net, finetune_data, report, progress, timings):
+    from .finetune import finetune
+
+    done = _timed("finetune", progress, timings)
+    tuned = finetune(new_model, load_data(finetune_data, new_net, what="fine-tuning data"), eval_data=loaded.evald,
+                     epochs=opts.finetune_epochs, seed=opts.seed)
+    report["finetune"] = {"epochs": tuned.epochs, "losses": [round(v, 6) for v in tuned.losses],
+                          "train_accuracy_before": round(tuned.train_accuracy_before, 4),
+                          "train_accuracy_after": round(tuned.train_accuracy_after, 4)}
+    if tuned.eval_accuracy_after is not None:
+        report["finetune"]["accuracy_before"] = report["accuracy_after"]  # the pruned model, before training
+        report["finetune"]["accuracy_after"] = round(tuned.eval_accuracy_after, 4)
+        report["accuracy_after"] = round(tuned.eval_accuracy_after, 4)
+    done(f"{tuned.epochs} epochs")
+    return tuned.model
 
 
 def recognised_patterns(net: Network) -> list[str]:
@@ -361,17 +383,17 @@ def _round(net, proto, scores, chosen, rule, round_to, measure_latency, latency_
     return best, report
 
 
-def _select(rule, net, scores, evald, threshold, mean_threshold, max_drop, target_params, rescale, accuracy_of):
-    if rule == "parameter budget":
-        return select.by_params(net, scores, target_params, True if rescale is None else rescale)
-    if rule == "accuracy budget":
-        return select.by_accuracy(net, scores, evald.x, evald.y, max_drop, rescale,
+def _select(plan: _Plan, net, scores, evald, opts: Options, accuracy_of):
+    if plan.rule == "parameter budget":
+        return select.by_params(net, scores, opts.target_params, True if plan.rescale is None else plan.rescale)
+    if plan.rule == "accuracy budget":
+        return select.by_accuracy(net, scores, evald.x, evald.y, plan.max_drop, plan.rescale,
                                   accuracy_of=accuracy_of)
     notes: list[str] = []
-    keep = select.keep_by_threshold(net, scores, threshold, mean_rule=mean_threshold, notes=notes)
-    mode = True if rescale is None else bool(rescale)
-    sel = select.Selection(scales=select.to_scales(scores, keep, mode), rule=rule, threshold=threshold, notes=notes,
-                           rescaled=mode)
+    keep = select.keep_by_threshold(net, scores, plan.threshold, mean_rule=opts.mean_threshold, notes=notes)
+    mode = True if plan.rescale is None else bool(plan.rescale)
+    sel = select.Selection(scales=select.to_scales(scores, keep, mode), rule=plan.rule, threshold=plan.threshold,
+                           notes=notes, rescaled=mode)
     return sel, sel
 
 

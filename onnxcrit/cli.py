@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 
 from .errors import InputError, OnnxcritError, naming
+from .options import DEFAULTS, LOSSES, MODES, SPARSITY, Options
 
 
 def _fail(exc: OnnxcritError, exit_code: int | None = None) -> None:
@@ -159,24 +160,24 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report to this file.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="Write a PNG of the scores and kept units per layer.")
-@click.option("--time-limit", type=float, default=300.0, show_default=True,
+@click.option("--time-limit", type=float, default=DEFAULTS.time_limit, show_default=True,
               help="Solver deadline in seconds (for all solves together).")
 @click.option("--threshold", type=float, help="Remove units scoring below this (paper: 0.1).")
 @click.option("--mean-threshold", is_flag=True, help="Remove units scoring below their layer's mean score.")
-@click.option("--lam", type=float, default=5.0, show_default=True,
+@click.option("--lam", type=float, default=DEFAULTS.lam, show_default=True,
               help="Weight of the loss term; no effect above ~0.5, use --margin.")
-@click.option("--eps", type=float, default=1e-5, show_default=True,
+@click.option("--eps", type=float, default=DEFAULTS.eps, show_default=True,
               help="Radius of the input box around each calibration image.")
-@click.option("--num-samples", type=int, default=10, show_default=True,
+@click.option("--num-samples", type=int, default=DEFAULTS.num_samples, show_default=True,
               help="Calibration images the MIP uses (balanced by class).")
-@click.option("--relax/--mip", default=True, show_default=True,
+@click.option("--relax/--mip", default=DEFAULTS.relax, show_default=True,
               help="Solve the LP relaxation (HiGHS) or the MIP with binaries (CBC).")
-@click.option("--solver", type=click.Choice(["auto", "cbc", "highs"]), default="auto", show_default=True,
+@click.option("--solver", type=click.Choice(["auto", "cbc", "highs"]), default=DEFAULTS.solver, show_default=True,
               help="Solver; auto: HiGHS interior point for the LP, CBC for the MIP.")
-@click.option("--loss", type=click.Choice(["hinge", "lse"]), default="hinge", show_default=True,
+@click.option("--loss", type=click.Choice(LOSSES), default=DEFAULTS.loss, show_default=True,
               help="Loss surrogate: multiclass hinge or log-sum-exp tangents.")
-@click.option("--margin", type=float, default=1.0, show_default=True, help="Hinge margin; larger keeps more units.")
-@click.option("--sparsity", type=click.Choice(["mean", "paper"]), default="mean", show_default=True,
+@click.option("--margin", type=float, default=DEFAULTS.margin, show_default=True, help="Hinge margin; larger keeps more units.")
+@click.option("--sparsity", type=click.Choice(SPARSITY), default=DEFAULTS.sparsity, show_default=True,
               help="Sparsity term: per-layer mean score or the paper code's.")
 @click.option("--max-accuracy-drop", type=float,
               help="Accuracy budget in points on --eval-data [default with it: 1.0].")
@@ -188,18 +189,19 @@ def _writable_file(path: Path | None, what: str) -> None:
               help="Kept units at their score or full strength [default: the more accurate under a budget, "
               "else score].")
 @click.option("--no-latency", is_flag=True, help="Measure no latency (auto rounding then rounds nothing).")
-@click.option("--round-to", default="auto", show_default=True, metavar="auto|K",
+@click.option("--round-to", default=DEFAULTS.round_to, show_default=True, metavar="auto|K",
               help="Round conv layers' kept channels up to a multiple of K (fast in onnxruntime's blocked layout). "
               "auto MEASURES K = 1, 4, 8, 16 against the original on this machine and writes the fastest within "
               "the budget, so its output depends on the machine; give K to pin it.")
-@click.option("--latency-batch", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--latency-batch", type=click.IntRange(min=1), default=DEFAULTS.latency_batch, show_default=True,
               help="The second batch size latency is timed at (besides 1).")
 @click.option("--finetune-data", type=click.Path(path_type=Path),
               help="Then fine-tune the pruned model on this .npz (finetune extra).")
-@click.option("--finetune-epochs", type=int, default=3, show_default=True, help="Epochs of that fine-tuning.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--finetune-epochs", type=int, default=DEFAULTS.finetune_epochs, show_default=True,
+              help="Epochs of that fine-tuning.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
               help="Seed of the calibration image choice (and fine-tuning).")
-@click.option("--mode", type=click.Choice(["auto", "full", "decoupled"]), default="auto", show_default=True,
+@click.option("--mode", type=click.Choice(MODES), default=DEFAULTS.mode, show_default=True,
               help="One MIP, one per block (decoupled), or by problem size.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Parallel block solves in decoupled mode [default: cores].")
@@ -214,11 +216,14 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
     from .output import has_external_data, write_model
     from .report import calibration_warning, console, dumps, optimize_table, plot
 
-    round_to = rounding.parse_round_to(round_to)
+    opts = Options(eps=eps, lam=lam, loss=loss, margin=margin, sparsity=sparsity, num_samples=num_samples,
+                   relax=relax, solver=solver, time_limit=time_limit, seed=seed, mode=mode, workers=workers,
+                   search=search, threshold=threshold, mean_threshold=mean_threshold,
+                   max_accuracy_drop=max_accuracy_drop, target_params=target_params, rescale=rescale,
+                   compensation=compensate_bias, round_to=round_to, measure_latency=not no_latency,
+                   latency_batch=latency_batch, finetune_epochs=finetune_epochs)
     if quiet and verbose:
         raise InputError("--quiet and --verbose exclude each other")
-    if threshold is not None and mean_threshold:
-        raise InputError("--threshold and --mean-threshold exclude each other")
     out = _output_path(model, output)
     _writable_file(report_path, "report")
     _writable_file(plot_path, "plot")
@@ -229,15 +234,8 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
             raise InputError("--plot needs matplotlib: pip install 'onnxcrit[plot]'") from None
     err = console(stderr=True, quiet=quiet)
     with _RichProgress(err, verbose) as progress:
-        result = api.optimize(model, data, eval_data=eval_data, eps=eps, lam=lam,
-                              threshold=threshold, mean_threshold=mean_threshold, num_samples=num_samples,
-                              relax=relax, solver=solver, loss=loss, margin=margin, sparsity=sparsity,
-                              time_limit=time_limit,
-                              max_accuracy_drop=max_accuracy_drop, target_params=target_params, seed=seed,
-                              rescale=rescale, compensation=compensate_bias, measure_latency=not no_latency,
-                              round_to=round_to, latency_batch=latency_batch, finetune_data=finetune_data,
-                              finetune_epochs=finetune_epochs, mode=mode,
-                              workers=workers, search=search, progress=progress)
+        result = api.optimize(model, data, eval_data=eval_data, options=opts, finetune_data=finetune_data,
+                              progress=progress)
         progress.start("write")
         try:
             written = write_model(result.model, out, external_data=True if has_external_data(model) else None,

@@ -38,21 +38,6 @@ REPEATS, SECONDS, WARMUP = 200, 0.25, 3
 Timer = Callable[[list, int], list]
 
 
-def parse_round_to(value) -> int | str:
-    """'auto' or an integer >= 1 (an int or its decimal string); anything else is an InputError."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == "auto":
-            return "auto"
-        try:
-            value = int(text)
-        except ValueError:
-            raise InputError(f"round-to must be 'auto' or an integer >= 1, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"round-to must be 'auto' or an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def default_timer(net: Network, threads: int = 1) -> Timer:
     """onnxruntime on this machine: CPU time of the calling thread (with one intra-op thread onnxruntime runs
     there, so it is the run's work without the time the machine gave to other processes), interleaved, median."""

@@ -9,9 +9,9 @@ from . import select
 from .calibration import choose_calibration
 from .errors import InputError, SolveError
 from .formulation import build_problem
-from .formulation.loss import LOSSES
-from .formulation.model import SPARSITY, STABLE_ON
-from .solve import SOLVERS, solve
+from .formulation.model import STABLE_ON
+from .options import Options
+from .solve import solve
 
 
 @dataclass
@@ -114,20 +114,8 @@ def masks_from_scores(net, scores: dict[int, np.ndarray], threshold: float = 0.1
 
 
 def _check_options(eps, lam, loss, margin, sparsity, solver, time_limit, threads, stable_on):
-    if not eps >= 0:
-        raise InputError(f"eps must be >= 0, got {eps}")
-    if not lam >= 0:
-        raise InputError(f"lambda must be >= 0, got {lam}")
-    if loss not in LOSSES:
-        raise InputError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
-    if not margin >= 0:
-        raise InputError(f"margin must be >= 0, got {margin}")
-    if sparsity not in SPARSITY:
-        raise InputError(f"unknown sparsity {sparsity!r}; expected one of {', '.join(SPARSITY)}")
-    if solver not in SOLVERS:
-        raise InputError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
-    if not time_limit > 0:
-        raise InputError(f"time_limit must be positive, got {time_limit}")
+    """The user-facing values through `Options` (one set of checks); the internal knobs here."""
+    Options(eps=eps, lam=lam, loss=loss, margin=margin, sparsity=sparsity, solver=solver, time_limit=time_limit)
     if int(threads) != threads or threads < 1:
         raise InputError(f"threads must be a positive integer, got {threads}")
     if stable_on not in STABLE_ON:
