@@ -194,7 +194,7 @@ def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accur
         score = compute_scores
     else:
         from .decoupled import decoupled_scores
-        score = partial(decoupled_scores, workers=plan.workers)
+        score = partial(decoupled_scores, workers=plan.workers, executor_kind=opts.executor)
     attempts: list[dict] = []
 
     def attempt(n: int, m: float, limit: float):

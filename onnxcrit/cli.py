@@ -205,12 +205,15 @@ def _writable_file(path: Path | None, what: str) -> None:
               help="One MIP, one per block (decoupled), or by problem size.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Parallel block solves in decoupled mode [default: cores].")
+@click.option("--executor", default=DEFAULTS.executor, show_default=True, metavar="KIND",
+              help="Decoupled mode's block solves: threads, processes, ray (local) or ray:ADDRESS (a cluster; "
+              "needs the ray extra).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and warnings.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print calibration, solve and logit-change details.")
 def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,
              eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, search,
              compensate_bias, rescale, no_latency, round_to, latency_batch, finetune_data, finetune_epochs, seed,
-             mode, workers, quiet, verbose):
+             mode, workers, executor, quiet, verbose):
     """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
     from . import api, rounding
     from .output import has_external_data, write_model
@@ -218,6 +221,7 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
 
     opts = Options(eps=eps, lam=lam, loss=loss, margin=margin, sparsity=sparsity, num_samples=num_samples,
                    relax=relax, solver=solver, time_limit=time_limit, seed=seed, mode=mode, workers=workers,
+                   executor=executor,
                    search=search, threshold=threshold, mean_threshold=mean_threshold,
                    max_accuracy_drop=max_accuracy_drop, target_params=target_params, rescale=rescale,
                    compensation=compensate_bias, round_to=round_to, measure_latency=not no_latency,

@@ -41,12 +41,13 @@ import numpy as np
 
 from .calibration import choose_calibration
 from .errors import InputError, SolveError
+from .options import executor_ok
 from .ir import AvgPool, Conv, Dense, Network, Reshape
 from .scoring import ScoreResult, compute_scores
 
 MODES = ("full", "decoupled", "auto")
 HEADS = ("gap", "pool2")
-EXECUTORS = ("threads", "processes", "serial")
+EXECUTORS = ("threads", "processes", "serial", "ray")  # "ray:ADDRESS" joins a running Ray cluster
 # auto picks decoupled when the full MIP would multiply more than this many weights (calibration images x
 # MACs per image): the full build holds the linear maps of every image (sparse Kronecker products), and its
 # memory and time grow with it. Measured on LeNet-5 (tools/bench_vgg.py, LP): 2.8M -> 0.7 s, 0.2 GB;
@@ -299,11 +300,69 @@ class SerialExecutor:
         return map(fn, tasks)
 
 
+def check_executor(kind: str) -> str:
+    """'threads', 'processes', 'serial', 'ray' or 'ray:ADDRESS'; anything else is an InputError."""
+    if not executor_ok(kind):
+        raise InputError(f"unknown executor {kind!r}; expected threads, processes, serial, ray or ray:ADDRESS")
+    return kind
+
+
+class RayExecutor:
+    """Block solves as Ray tasks (one CPU each); results come back in task order."""
+
+    def __init__(self, ray) -> None:
+        self.ray = ray
+
+    def map(self, fn, tasks: Iterable) -> Iterator:
+        remote = self.ray.remote(num_cpus=1)(fn)
+        return iter(self.ray.get([remote.remote(task) for task in tasks]))
+
+
+@contextmanager
+def ray_executor(address: str | None, workers: int):
+    """Ray on this machine (`workers` CPUs) or on the cluster at `address` (whose nodes must have onnxcrit
+    installed). A Ray instance started here is shut down afterwards; one already running is reused."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("the ray executor needs Ray: pip install 'onnxcrit[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        if address and address != "auto":
+            _reachable(address)  # ray.init retries an unreachable address for minutes, then exits the process
+        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=address, **kwargs) if address else ray.init(num_cpus=workers, **kwargs)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - connection errors come in many types
+            raise InputError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    try:
+        yield RayExecutor(ray)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """One TCP connection to the cluster's head (HOST:PORT, or ray://HOST:PORT) within `timeout` seconds."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot start or reach Ray at {address}: {exc.strerror or exc}") from None
+
+
 @contextmanager
 def local_executor(workers: int, kind: str = "threads"):
-    """An executor on this machine: `workers` threads (default), processes, or serial (workers 1)."""
-    if kind not in EXECUTORS:
-        raise InputError(f"unknown executor {kind!r}; expected one of {', '.join(EXECUTORS)}")
+    """An executor: `workers` threads (default), processes, serial (workers 1), or Ray ('ray' on this machine,
+    'ray:ADDRESS' on a cluster)."""
+    check_executor(kind)
+    if kind.startswith("ray"):
+        with ray_executor(kind[4:] or None, workers) as ex:
+            yield ex
+        return
     if workers == 1 or kind == "serial":
         yield SerialExecutor()
     elif kind == "threads":

@@ -36,6 +36,7 @@ class Options:
     seed: int = 0
     mode: str = "auto"  # full, decoupled (one MIP per block) or auto (by problem size)
     workers: int | None = None  # decoupled mode's parallel block solves; None: the number of cores
+    executor: str = "threads"  # decoupled mode's block solves: threads, processes, ray or ray:ADDRESS
     search: bool = False  # under an accuracy budget: try api.SEARCH_GRID, keep the best setting
     # the selection
     threshold: float | None = None
@@ -71,6 +72,8 @@ class Options:
         yield (self.mode not in MODES, f"unknown mode {self.mode!r}; expected full, decoupled or auto")
         yield (self.workers is not None and not _whole(self.workers, 1),
                f"workers must be a positive integer, got {self.workers}")
+        yield (not executor_ok(self.executor),
+               f"unknown executor {self.executor!r}; expected threads, processes, serial, ray or ray:ADDRESS")
         yield (self.threshold is not None and not (0 <= self.threshold <= 1),
                f"threshold must be in [0, 1], got {self.threshold}")
         yield (self.threshold is not None and self.mean_threshold,
@@ -96,6 +99,12 @@ class Options:
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+
+
+def executor_ok(kind) -> bool:
+    """threads, processes, serial, ray, or ray:ADDRESS (decoupled mode's block solves)."""
+    return isinstance(kind, str) and (kind in ("threads", "processes", "serial", "ray")
+                                      or (kind.startswith("ray:") and len(kind) > 4))
 
 
 def _whole(value, low: int) -> bool:

@@ -245,3 +245,20 @@ def test_ctrl_c_stops_running_block_solves(tmp_path):
     assert os.listdir(tmp_path) == []
     time.sleep(0.5)
     assert [p for p in children if Path(f"/proc/{p}").exists() and "Z" not in _state(p)] == []
+
+
+def test_ray_executor_gives_the_thread_pool_results(tmp_path):
+    """A local Ray instance solves the blocks as Ray tasks, with the same scores as the thread pool, and the
+    CLI takes --executor ray; a cluster address that cannot be reached is refused in one line."""
+    pytest.importorskip("ray")
+    net, x, y = case("digits_cnn")
+    threads = decoupled_scores(net, x, y, workers=2, time_limit=60)
+    on_ray = decoupled_scores(net, x, y, workers=2, time_limit=60, executor_kind="ray")
+    assert sorted(on_ray.scores) == sorted(threads.scores)
+    for k in threads.scores:
+        assert np.array_equal(on_ray.scores[k], threads.scores[k])
+    res = CliRunner().invoke(main, ["optimize", str(MODELS / "digits_mlp.onnx"), "--data",
+                                    str(MODELS / "digits_mlp_calib.npz"), "--mode", "decoupled", "--executor",
+                                    "ray:127.0.0.1:1", "-o", str(tmp_path / "o.onnx")])
+    assert res.exit_code == 2 and "cannot start or reach Ray at 127.0.0.1:1" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "o.onnx").exists()
