@@ -92,17 +92,17 @@ MANIFEST = [
      "tf_keras 2.21 -> tf2onnx 1.17.0 `from_keras`, opset 13"),
     ("cntk_mnist8_style_opset8", "4a model-zoo mnist-8 (CNTK) layout: Reshape'd weights, SAME_UPPER, "
      "`[C,1,1]` bias Adds, fixed Reshape, MatMul + `[1,10]` Add; initializers also graph inputs (IR 3)",
-     "onnx.helper (CNTK 2.5 not installable), opset 8, IR 3; weights of a torch-trained CNN"),
+     "onnx.helper (CNTK not installable here), opset 8; weights of a torch-trained CNN"),
     ("torch_legacy_pad_opset10", "4b explicit zero `Pad` (pads attribute) before Conv and before AveragePool",
      "torch 2.14.1 legacy, `F.pad`/`nn.ZeroPad2d`, free batch, opset 10"),
     ("onnxhelper_pad_opset11", "4b `Pad` with pads (and constant_value 0) as initializer inputs, before Conv "
-     "and AveragePool", "onnx.helper, opset 11, IR 6; same weights as torch_legacy_pad_opset10"),
+     "and AveragePool", "onnx.helper, opset 11; weights of torch_legacy_pad_opset10"),
     ("torch_legacy_pad_opset13", "4b `Pad` whose pads input is computed by a ConstantOfShape/Concat/Slice/"
      "Transpose/Reshape/Cast chain", "torch 2.14.1 legacy, `F.pad`/`nn.ZeroPad2d`, opset 13 (same weights)"),
     ("torch_dynamo_pad_avgpool", "4b `Pad` (pads initializer) before AveragePool; the Pad before the Conv is "
      "fused into its pads", "torch 2.14.1 dynamo, free batch, external data, opset 20 (same weights)"),
     ("torch04_flatten_opset9", "4c torch 0.4/1.0 flatten `Shape->Gather->Unsqueeze->Concat([-1])->Reshape`, "
-     "fixed batch 1", "onnx.helper, opset 9, IR 4, Constant nodes; weights of a torch-trained CNN"),
+     "fixed batch 1", "onnx.helper, opset 9, Constant nodes; weights of torch_legacy_cnn_batch1_*"),
     ("torch_legacy_allconv_gap", "5 all-conv: Conv(10) -> GlobalAveragePool -> Flatten",
      "torch 2.14.1 legacy, free batch, opset 13"),
     ("torch_legacy_allconv_1x1", "5 all-conv: Conv(10) over a 1x1 map -> Reshape `[-1, 10]`",
@@ -706,6 +706,20 @@ def onnxcrit_cmd(src: str | None) -> list[str]:
     return [os.path.join(ROOT, ".venv", "bin", "python"), "-c", boot]
 
 
+def last_error(stderr: str) -> str:
+    """The one-line error, or for a traceback 'Traceback: ' and the exception (its lines joined by ' / ')."""
+    lines = [ln.rstrip() for ln in stderr.splitlines() if ln.strip()]
+    if not lines:
+        return "(nothing on stderr)"
+    if not any(ln.startswith("Traceback") for ln in lines):
+        return lines[-1].strip()
+    frames = [i for i, ln in enumerate(lines) if ln.startswith("  File ")]
+    i = frames[-1] + 1 if frames else 0
+    while i < len(lines) and lines[i].startswith(" "):  # the frame's source line and its ^^^ markers
+        i += 1
+    return "Traceback: " + " / ".join(ln.strip() for ln in lines[i:])
+
+
 def run_onnxcrit(out: str, name: str, extra=(), src: str | None = None, timeout=1200) -> tuple[int, str]:
     """`onnxcrit optimize NAME.onnx --data NAME_calib.npz --eval-data NAME_eval.npz [extra]` in `out`:
     (exit code, its last stderr line, or on success the report's parameters and accuracies)."""
@@ -721,16 +735,16 @@ def run_onnxcrit(out: str, name: str, extra=(), src: str | None = None, timeout=
             r = subprocess.run(cmd, cwd=out, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return -1, f"(killed after {timeout} s)"
-        err = [ln.strip() for ln in r.stderr.strip().splitlines() if ln.strip()]
+        err = last_error(r.stderr)
         if r.returncode == 0 and os.path.exists(report):
             rep = json.load(open(report))
             return 0, (f"params {rep['params_before']} -> {rep['params_after']}, accuracy "
                        f"{rep['accuracy_before']:.2f} -> {rep['accuracy_after']:.2f} % "
                        f"({rep['selection']['rule']})")
-        return r.returncode, (err[-1] if err else "(nothing on stderr)")
+        return r.returncode, err
 
 
-def table(out: str, names, baseline: str | None) -> int:
+def table(out: str, names, baseline: str | None, current: str | None = None) -> int:
     info = check_all(out, names)
     head = "| file | pattern | exporter, opset | node sequence | input | held-out acc |"
     head += " onnxcrit before (baseline) |" if baseline else ""
@@ -746,9 +760,9 @@ def table(out: str, names, baseline: str | None) -> int:
         cols = []
         if baseline:
             cols.append(cell(*run_onnxcrit(out, name, src=baseline)))
-        cols.append(cell(*run_onnxcrit(out, name)))
+        cols.append(cell(*run_onnxcrit(out, name, src=current)))
         files = f"`{name}.onnx`" + (" + `.onnx.data`" if name in EXTERNAL else "")
-        print(f"| {files} | {exp[name][0]} | {exp[name][1]} (IR {i['ir']}) | {i['ops']} | {i['shape']} | "
+        print(f"| {files} | {exp[name][0]} | {exp[name][1]}; IR {i['ir']} | {i['ops']} | {i['shape']} | "
               f"{100 * i['acc']:.2f} % | " + " | ".join(cols) + " |", flush=True)
     return 0
 
@@ -763,6 +777,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tf-python", default=os.environ.get("ONNXCRIT_TF_PYTHON", "/tmp/tfvenv/bin/python"))
     ap.add_argument("--table", action="store_true", help="check every file, run onnxcrit, print README rows")
     ap.add_argument("--baseline", metavar="DIR", help="with --table: also run the onnxcrit package unpacked in DIR")
+    ap.add_argument("--current", metavar="DIR", help="with --table: run the onnxcrit package unpacked in DIR "
+                    "(e.g. `git archive HEAD onnxcrit | tar -x -C DIR`) instead of the venv's `onnxcrit`")
     args = ap.parse_args(argv)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -773,7 +789,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"unknown names: {sorted(unknown)}")
     names = [n for n, _, _ in MANIFEST if only is None or n in only]
     if args.table:
-        return table(out, names, args.baseline)
+        return table(out, names, args.baseline, args.current)
     if args.keras_only:
         return keras_main(out, only)
     t0 = time.perf_counter()
