@@ -6,7 +6,7 @@ reshapes before the next linear layer belong to that layer's input. For each blo
 1. Head. A multinomial logistic regression (numpy + scipy L-BFGS) on the block's output over the whole
    user data file: for conv blocks on the global average of each channel (`head="gap"`, the default) or on
    the map average-pooled to 2 x 2 (`head="pool2"`: more accurate heads on early blocks, but masks no better
-   on VGG-11, tools/results/bench_vgg_heads.md). The last block needs no fitted head: the network's own
+   on VGG-11, benchmarks/results/bench_vgg_heads.md). The last block needs no fitted head: the network's own
    output layer follows it, so its sub-network is the network's exact tail.
 2. Sub-network. input = the scored layer's pre-activations on the calibration images (the unpruned
    network's, so the blocks are independent), a 1 x 1 identity Conv / identity Dense that carries the
@@ -50,7 +50,7 @@ HEADS = ("gap", "pool2")
 EXECUTORS = ("threads", "processes", "serial", "ray")  # "ray:ADDRESS" joins a running Ray cluster
 # auto picks decoupled when the full MIP would multiply more than this many weights (calibration images x
 # MACs per image): the full build holds the linear maps of every image (sparse Kronecker products), and its
-# memory and time grow with it. Measured on LeNet-5 (tools/bench_vgg.py, LP): 2.8M -> 0.7 s, 0.2 GB;
+# memory and time grow with it. Measured on LeNet-5 (benchmarks/vgg.py, LP): 2.8M -> 0.7 s, 0.2 GB;
 # 56M -> 9.5 s, 1.2 GB (about 20 MB per million); VGG-11 at 32 x 32 with 10 images: 1.5G, about 30 GB.
 AUTO_MACS = 100_000_000
 MIN_SOLVE_SECONDS = 0.5  # a block with less time than this is not started (a solver process takes ~0.3 s)

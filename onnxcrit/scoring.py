@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import select
 from .calibration import choose_calibration
 from .errors import InputError, SolveError
 from .formulation import build_problem
@@ -50,7 +49,7 @@ def compute_scores(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam:
     """Score every prunable unit of `net` with the OAMIP on calibration images drawn from (x, y).
 
     relax=True (default) solves the LP relaxation (binaries in [0, 1]) by interior point: on every model
-    measured it gave the same scores as the MIP, in a fraction of the time (README, tools/bench_scores.py).
+    measured it gave the same scores as the MIP, in a fraction of the time (README, benchmarks/scores.py).
     The calibration images are chosen by `choose_calibration` unless `calibration` gives their indices.
     The solve stops at `time_limit` seconds (wall clock, enforced by killing the solver process); the
     best solution found by then is used and the status says so. Without a usable solution (infeasible,
@@ -90,27 +89,6 @@ def compute_scores(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam:
         err.result = result
         raise err
     return result
-
-
-def masks_from_scores(net, scores: dict[int, np.ndarray], threshold: float = 0.1, mean_rule: bool = False,
-                      keep_at_least: int = 1, as_scales: bool = False) -> tuple[dict[int, np.ndarray], list[str]]:
-    """Which units to keep: score >= threshold (or >= the layer's mean score with mean_rule).
-
-    Returns per scored layer a 0/1 mask, or with as_scales the factor to deploy (the score for kept units,
-    0 for removed ones: folding s into the outgoing weights, METHOD.md section 6). Both plug directly into
-    `net.forward(x, scales=...)`. A layer is never emptied: at least `keep_at_least` units (the highest
-    scored) stay, and a note says so. The rule itself is `select.keep_by_threshold`.
-    """
-    notes: list[str] = []
-    keep = select.keep_by_threshold(net, scores, threshold, mean_rule=mean_rule, notes=notes)
-    for i, s in scores.items():
-        need = min(int(keep_at_least), len(s))
-        if keep[i].sum() < need:
-            top = np.argsort(-np.asarray(s), kind="stable")[:need]
-            keep[i] = keep[i].copy()
-            keep[i][top] = True
-            notes.append(f"layer '{net.layers[i].name}': kept the {need} highest scored units")
-    return select.to_scales(scores, keep, rescale=as_scales), notes
 
 
 def _check_options(eps, lam, loss, margin, sparsity, solver, time_limit, threads, stable_on):

@@ -45,7 +45,7 @@ class SolveResult:
 def default_solver(milp: Milp) -> str:
     """HiGHS interior point for an LP (no integer columns), CBC for a MIP.
 
-    Measured on LeNet-5 / MNIST (tools/bench_scores.py and the README): the LP relaxation with 50 / 100
+    Measured on LeNet-5 / MNIST (benchmarks/scores.py and the README): the LP relaxation with 50 / 100
     calibration images took 1.3 / 3.4 s by HiGHS IPM; as a MIP, CBC took 13 / 79 s to the same objective
     (within 1e-5) and HiGHS 1.16 branch-and-cut stalled at the root node without an incumbent for 95 s.
     """

@@ -1,23 +1,21 @@
-"""The benchmark suite's fairness: every criterion is compared at onnxcrit's per-layer kept counts.
+"""The benchmarks (benchmarks/, not part of the package).
 
-tools/bench/ is not part of the package; these tests pin the two things its table relies on: masks keep
-exactly the requested counts of the highest-scored units, and in a comparison every method's rewritten file
-has the same parameter and MAC counts as onnxcrit's.
+The suite's fairness: every criterion is compared at onnxcrit's per-layer kept counts. These tests pin the two
+things its table relies on: masks keep exactly the requested counts of the highest-scored units, and in a
+comparison every method's rewritten file has the same parameter and MAC counts as onnxcrit's. And the
+benchmarks use onnxcrit's public API only; where they copy a product rule, the copy matches the product.
 """
-import sys
+import ast
 
 import numpy as np
 import pytest
 
+import onnxcrit
+from benchmarks import latency, methods, models
+from benchmarks import suite as run
+from onnxcrit import rounding, select
+from onnxcrit.frontend import load_network
 from tests.corpus import ROOT
-
-sys.path.insert(0, str(ROOT / "tools" / "bench"))
-
-import methods  # noqa: E402
-import models  # noqa: E402
-import run  # noqa: E402
-
-from onnxcrit.frontend import load_network  # noqa: E402
 
 
 def test_keep_top_keeps_the_counts_of_highest_scores():
@@ -59,3 +57,52 @@ def test_comparison_puts_every_method_at_onnxcrits_counts(monkeypatch):
     for r in rows[1:]:
         assert r["params_removed"] == pytest.approx(ours["params_removed"], abs=1e-12), r["method"]
         assert r["macs_removed"] == pytest.approx(ours["macs_removed"], abs=1e-12), r["method"]
+
+
+def test_benchmarks_use_only_the_public_api():
+    """`from onnxcrit import NAME` with NAME in onnxcrit.__all__; no onnxcrit submodule, no private name."""
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                assert not [a.name for a in node.names if a.name.startswith("onnxcrit")], (path.name, node.lineno)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.startswith("onnxcrit"):
+                assert node.module == "onnxcrit", (path.name, node.lineno, node.module)
+                names = [a.name for a in node.names]
+                assert set(names) <= set(onnxcrit.__all__), (path.name, node.lineno, names)
+    assert all(hasattr(onnxcrit, name) for name in onnxcrit.__all__)
+
+
+def test_magnitude_baseline_is_onnxcrits_magnitude():
+    for name in ("digits_mlp", "digits_cnn"):
+        net, _ = load_network(ROOT / "models" / f"{name}.onnx")
+        ours, theirs = methods.magnitude(net), select.magnitude(net)
+        assert sorted(ours) == sorted(theirs)
+        for i in ours:
+            np.testing.assert_array_equal(ours[i], theirs[i])
+
+
+def test_latency_benchmark_applies_round_to_autos_rule():
+    """benchmarks/latency.py re-applies --round-to auto to magnitude masks: same K, timer budget and choice."""
+    assert latency.AUTO_ROUNDINGS == rounding.ROUNDINGS and latency.AUTO_TIE == rounding.TIE
+    assert latency.AUTO_TIMING == dict(repeats=rounding.REPEATS, warmup=rounding.WARMUP, seconds=rounding.SECONDS)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        ks = sorted(rng.choice([1, 4, 8, 16], size=rng.integers(1, 5), replace=False).tolist())
+        base = rng.uniform(0.5, 1.5, 2)  # near ties too: within and beyond the 2% a larger K must win by
+        speedups = {k: (base * rng.choice([0.7, 0.99, 1.0, 1.015, 1.03, 1.5])).tolist() for k in ks}
+        cands = [rounding.Candidate(round_to=k, scales={}, keep={}, units=(), speedup=dict(zip((1, 64), s)))
+                 for k, s in speedups.items()]
+        assert latency.choose_round_to(speedups) == rounding.choose(cands).round_to
+
+
+def test_latency_benchmark_candidates_are_the_products():
+    net, model = load_network(ROOT / "models" / "digits_cnn.onnx")
+    scales = methods.magnitude_scales(net, 0.3)
+    scores = {k: np.linspace(0.1, 1.0, len(s)) for k, s in scales.items()}
+    ours = latency.rounded(net, model, scores, scales)
+    sel = select.Selection(scales=scales, rule="threshold", rescaled=False)
+    theirs = rounding.candidates(net, model, scores, sel, rounding.ROUNDINGS)
+    assert sorted({v.round_to for v in ours.values()}) == [c.round_to for c in theirs]
+    for c in theirs:
+        for k in [c.round_to, *c.same_as]:
+            assert ours[k].model.SerializeToString() == c.model.SerializeToString()

@@ -1,4 +1,5 @@
-"""Choosing calibration images, and the scoring stage that uses them (compute_scores, masks_from_scores)."""
+"""Choosing calibration images, and the scoring stage that uses them (compute_scores; its scores cut by the
+threshold rule, keep_by_threshold and to_scales)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,8 @@ from onnxcrit import scoring
 from onnxcrit.calibration import choose_calibration
 from onnxcrit.errors import InputError, SolveError
 from onnxcrit.frontend import load_network
-from onnxcrit.scoring import compute_scores, masks_from_scores
+from onnxcrit.scoring import compute_scores
+from onnxcrit.select import keep_by_threshold, to_scales
 from onnxcrit.solve import SolveResult
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -105,7 +107,7 @@ def test_compute_scores_record(mlp):
 def test_scores_prune_and_keep_accuracy_on_the_calibration_images(mlp):
     net, x, y = mlp
     res = compute_scores(net, x, y, relax=True)
-    scales, notes = masks_from_scores(net, res.scores, threshold=0.1, as_scales=True)
+    scales = to_scales(res.scores, keep_by_threshold(net, res.scores, 0.1), rescale=True)
     removed = sum(int((s == 0).sum()) for s in scales.values())
     assert removed > 0
     xs, ys = x[res.calibration_indices], y[res.calibration_indices]
@@ -117,15 +119,15 @@ def test_masks_never_empty_a_layer(mlp):
     net, _, _ = mlp
     scores = {i: np.full(net.layers[i].units, 0.01) for i in net.scored_indices()}
     scores[0][5] = 0.05
-    masks, notes = masks_from_scores(net, scores, threshold=0.1)
+    notes = []
+    masks = to_scales(scores, keep_by_threshold(net, scores, 0.1, notes=notes), rescale=False)
     assert masks[0].sum() == 1 and masks[0][5] == 1
     assert len(notes) == len(scores)
-    masks, notes = masks_from_scores(net, scores, threshold=0.1, keep_at_least=3)
-    assert all(m.sum() == 3 for m in masks.values())
-    scales, _ = masks_from_scores(net, {0: np.array([0.5, 0.05, 1.0])}, threshold=0.1, as_scales=True)
-    np.testing.assert_allclose(scales[0], [0.5, 0.0, 1.0])
-    mean, _ = masks_from_scores(net, {0: np.array([0.2, 0.4, 0.9])}, mean_rule=True)
-    np.testing.assert_array_equal(mean[0], [0.0, 0.0, 1.0])
+    one = {0: np.array([0.5, 0.05, 1.0])}
+    np.testing.assert_allclose(to_scales(one, keep_by_threshold(net, one, 0.1), rescale=True)[0], [0.5, 0.0, 1.0])
+    mean = {0: np.array([0.2, 0.4, 0.9])}
+    np.testing.assert_array_equal(to_scales(mean, keep_by_threshold(net, mean, None, mean_rule=True), False)[0],
+                                  [0.0, 0.0, 1.0])
 
 
 def test_failures_raise_solve_error_with_the_record(mlp, monkeypatch):

@@ -11,7 +11,7 @@ of tools/make_examples.py, seed 0) and reaches >= 90 % on the 450 held-out image
 with ``NAME_calib.npz`` (the first 20 training images of every class: 200) and ``NAME_eval.npz`` (the 450
 held-out images); ``x`` is float32 shaped like the model's input with the batch axis first, ``y`` int64.
 The data helpers (save_npz with fixed zip timestamps, the split, the calibration pick, onnxruntime runs) are
-tools/make_published_patterns.py's; the training loop is tools/bench/models.py's ``fit`` (Adam, batch 32).
+tools/make_published_patterns.py's; the training loop is benchmarks/models.py's ``fit`` (Adam, batch 32).
 
 Exporters (torch 2.14.1, this venv): every model with the legacy TorchScript exporter
 (``dynamo=False, opset_version=17``, ``do_constant_folding=True``: eval-mode BatchNorm is folded into the
@@ -29,8 +29,8 @@ Deterministic: fixed seeds, one thread, deterministic algorithms, fixed zip time
 the same bytes (check with ``sha256sum tests/data/branching/*``).  README.md is not written by the build; the
 ``--readme`` mode checks every file, runs ``onnxcrit optimize`` on each and rewrites it.
 
-Usage: python tools/make_branching_models.py [--out DIR] [--only NAME ...] [--quiet]
-       python tools/make_branching_models.py --readme   # check every file, run onnxcrit, write README.md
+Usage: python -m tools.make_branching_models [--out DIR] [--only NAME ...] [--quiet]
+       python -m tools.make_branching_models --readme   # check every file, run onnxcrit, write README.md
 """
 from __future__ import annotations
 
@@ -52,8 +52,7 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from make_published_patterns import (  # noqa: E402  (no torch at import)
+from tools.make_published_patterns import (  # noqa: E402  (no torch at import)
     CALIB_PER_CLASS, MIN_ACC, N_EVAL, calib_indices, load_split, ort_outputs, save_npz)
 
 DEFAULT_OUT = os.path.join(ROOT, "tests", "data", "branching")
@@ -256,8 +255,7 @@ def architectures() -> dict:
 def build(out: str, only: set[str] | None, quiet: bool) -> None:
     import torch
 
-    sys.path.insert(0, os.path.join(HERE, "bench"))
-    from models import fit  # the training loop the benchmarks and tools/make_examples.py share
+    from benchmarks.models import fit  # the training loop the benchmarks and tools/make_examples.py share
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
@@ -448,8 +446,8 @@ def run_onnxcrit(out: str, name: str, timeout: int = 900) -> tuple[int, str]:
 README_HEAD = """\
 # tests/data/branching: branching networks (residual Add, Concat, grouped and depthwise convs)
 
-Written by `python tools/make_branching_models.py` (torch 2.14.1, onnx {onnx}, onnxruntime {ort},
-onnxscript {onnxscript}); this file by `python tools/make_branching_models.py --readme`, which checks every
+Written by `python -m tools.make_branching_models` (torch 2.14.1, onnx {onnx}, onnxruntime {ort},
+onnxscript {onnxscript}); this file by `python -m tools.make_branching_models --readme`, which checks every
 file again and runs onnxcrit on it.  The build is byte-deterministic: running it twice gives the same files
 (`sha256sum tests/data/branching/*`).
 

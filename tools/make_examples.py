@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Build the example models in ``models/`` (deterministic).
 
 Trains two small ReLU classifiers on scikit-learn's bundled digits data set
@@ -19,7 +18,7 @@ held-out images), each with ``x`` (float32, shaped like the model input) and
 Running it twice gives byte-identical files (seeded, deterministic
 algorithms, one thread, fixed zip timestamps in the .npz files).
 
-Usage: python tools/make_examples.py [--out DIR]
+Usage: python -m tools.make_examples [--out DIR]   (from the repository root)
 """
 
 from __future__ import annotations
@@ -37,8 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench"))
-from models import fit  # noqa: E402  (the training loop the benchmarks share)
+from benchmarks.models import fit  # the training loop the benchmarks share
 
 SEED = 0
 N_EVAL = 450

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Build tests/data/published/: small digits models with the graph patterns of ONNX files published by others.
 
 Every model here is really trained on scikit-learn's digits (8x8, /16 to [0, 1]; the stratified 1347/450 split
@@ -18,7 +17,7 @@ Where the exporter that writes a pattern installs, the file is its real output:
       python3 -m venv /tmp/tfvenv
       /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0 tf2onnx==1.17.0 tf-keras==2.21.0 \\
           scikit-learn onnxruntime
-      python tools/make_published_patterns.py --tf-python /tmp/tfvenv/bin/python
+      python -m tools.make_published_patterns --tf-python /tmp/tfvenv/bin/python
 
   (``--tf-python`` defaults to $ONNXCRIT_TF_PYTHON, else /tmp/tfvenv/bin/python; when it is missing the
   keras files are left as they are and a line says so.)
@@ -30,8 +29,9 @@ wrote them, from the weights of a model trained here with torch.
 Deterministic: fixed seeds, one thread, deterministic algorithms, fixed zip timestamps; running it twice gives
 the same bytes (check with ``sha256sum tests/data/published/*``).
 
-Usage: python tools/make_published_patterns.py [--out DIR] [--only NAME ...] [--tf-python PY] [--no-keras]
-       python tools/make_published_patterns.py --table   # check every file, run onnxcrit, print README rows
+Usage (from the repository root):
+       python -m tools.make_published_patterns [--out DIR] [--only NAME ...] [--tf-python PY] [--no-keras]
+       python -m tools.make_published_patterns --table   # check every file, run onnxcrit, print README rows
 """
 from __future__ import annotations
 
@@ -273,8 +273,7 @@ def torch_main(out: str, only: set[str] | None, quiet: bool) -> int:
     import torch.nn.functional as F
     from onnx import TensorProto, helper, numpy_helper
 
-    sys.path.insert(0, os.path.join(HERE, "bench"))
-    from models import fit  # the training loop the benchmarks and tools/make_examples.py share
+    from benchmarks.models import fit  # the training loop the benchmarks and tools/make_examples.py share
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
@@ -697,13 +696,15 @@ def check_all(out: str, names) -> dict:
     return info
 
 
-def onnxcrit_cmd(src: str | None) -> list[str]:
-    """The venv's `onnxcrit` console script, or the package unpacked at `src` (e.g. `git archive REV onnxcrit`)."""
+def onnxcrit_cmd(src: str | None) -> tuple[list[str], dict | None]:
+    """(command, environment or None) running the venv's `onnxcrit` console script, or the package unpacked at
+    `src` (e.g. `git archive REV onnxcrit`): found first through PYTHONPATH, and the child checks it is that one."""
     if src is None:
-        return [os.path.join(ROOT, ".venv", "bin", "onnxcrit")]
-    boot = ("import sys; sys.path.insert(0, %r); import onnxcrit.cli as c; "
-            "assert c.__file__.startswith(%r); sys.argv[0] = 'onnxcrit'; sys.exit(c.main())" % (src, src))
-    return [os.path.join(ROOT, ".venv", "bin", "python"), "-c", boot]
+        return [os.path.join(ROOT, ".venv", "bin", "onnxcrit")], None
+    boot = ("import sys, onnxcrit.cli as c; assert c.__file__.startswith(%r), c.__file__; "
+            "sys.argv[0] = 'onnxcrit'; sys.exit(c.main())" % src)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
+    return [os.path.join(ROOT, ".venv", "bin", "python"), "-c", boot], env
 
 
 def last_error(stderr: str) -> str:
@@ -728,11 +729,11 @@ def run_onnxcrit(out: str, name: str, extra=(), src: str | None = None, timeout=
 
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "report.json")
-        cmd = onnxcrit_cmd(src) + ["optimize", name + ".onnx", "--data", name + "_calib.npz", "--eval-data",
-                                   name + "_eval.npz", "-o", os.path.join(tmp, "pruned.onnx"), "--report", report,
-                                   *extra]
+        cmd, env = onnxcrit_cmd(src)
+        cmd += ["optimize", name + ".onnx", "--data", name + "_calib.npz", "--eval-data", name + "_eval.npz", "-o",
+                os.path.join(tmp, "pruned.onnx"), "--report", report, *extra]
         try:
-            r = subprocess.run(cmd, cwd=out, capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run(cmd, cwd=out, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             return -1, f"(killed after {timeout} s)"
         err = last_error(r.stderr)

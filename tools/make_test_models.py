@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Build the exporter-made test models in ``tests/data/`` (deterministic).
 
 Each model is real output of an ONNX exporter (torch legacy/TorchScript,
@@ -23,7 +22,7 @@ parameters are set to random non-trivial values so that a wrong BN fold
 shows.  The sklearn model is trained on digits.  Running the script twice
 gives byte-identical files.
 
-Usage: python tools/make_test_models.py [--out DIR] [--quiet]
+Usage: python -m tools.make_test_models [--out DIR] [--quiet]   (from the repository root)
 """
 
 from __future__ import annotations
@@ -46,8 +45,7 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_examples import make_cnn, save_npz, setup_determinism  # noqa: E402
+from tools.make_examples import make_cnn, save_npz, setup_determinism  # noqa: E402
 
 SEED = 0
 N_SAMPLES = 8

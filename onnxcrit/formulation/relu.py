@@ -11,7 +11,7 @@ with L it would forbid s < 1 - (a - L) / U+ on such a unit. At s = 1 both are th
 
 Why stable-on units get no h >= 0 by default ("linear"): the bounds hold for the unpruned network only.
 Once upstream units are pruned, a unit's pre-activation a drops below U and h >= 0 then forces
-s >= 1 - a / U: pruning upstream forbids pruning downstream. Measured on LeNet-5 (tools/bench_scores.py):
+s >= 1 - a / U: pruning upstream forbids pruning downstream. Measured on LeNet-5 (benchmarks/scores.py):
 with h >= 0 the loss never binds (lambda has no effect), 31% of the parameters go and the mask trails a
 magnitude mask of the same size; without it the loss limits pruning as intended and the mask beats
 magnitude. Stable units then keep the calibration images' activation pattern: on stays linear, off stays 0.

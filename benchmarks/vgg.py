@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Benchmark decoupled mode: VGG-11 on the 4-class CIFAR-10 subset end to end, the scoring stage with 1 and 2
 workers, and LeNet-5 on MNIST in full vs decoupled mode.
 
@@ -9,16 +8,16 @@ stratified split, seed 0), 800 held out. The file holds 4 of CIFAR-10's 10 class
 task, its accuracies are not comparable with 10-class CIFAR-10 numbers. The model and the split are cached
 in ~/.cache/onnxcrit/ (outside git).
 
-Each onnxcrit run is `api.optimize` (or, for the 1 vs 2 workers comparison, the scoring stage
+Each onnxcrit run is `optimize` (or, for the 1 vs 2 workers comparison, the scoring stage
 `decoupled_scores`) in a fresh process with OPENBLAS_NUM_THREADS=1 unless set: on this 2-core machine with
 another job holding a core, OpenBLAS's default 2 threads made small products 33x slower (a 3,200 x 512
 logistic-regression step: 80 ms vs 2.4 ms) and the numpy forward pass slower too. Peak memory is sampled over
 the process and its descendants (the solver processes). Magnitude and random masks keep the same number of
 units per layer as the MIP selection (0/1 masks).
 
-Writes tools/results/bench_vgg.md and prints it.
+Writes benchmarks/results/bench_vgg.md and prints it.
 
-Usage: python tools/bench_vgg.py [--e2e-workers 2] [--samples 10,50] [--skip-lenet]
+Usage: python -m benchmarks.vgg [--e2e-workers 2] [--samples 10,50] [--skip-lenet] [--heads]
 """
 from __future__ import annotations
 
@@ -31,16 +30,10 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(HERE, "bench"))
-
-from results import publish  # noqa: E402
+from .common import RESULTS, ROOT, ir_accuracy, publish
 
 DATA = os.path.join(ROOT, "..", "shared", "data")
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "onnxcrit")
-RESULTS = os.path.join(HERE, "results", "bench_vgg.md")
 VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 CIFAR_CLASSES = (0, 1, 8, 9)  # airplane, automobile, ship, truck
 RANDOM_SEEDS = 5
@@ -130,13 +123,11 @@ def vgg11_onnx(path: str, train_npz: str, epochs: int = 8, seed: int = 0, thread
 
 
 def lenet5_case() -> tuple[str, str, str]:
-    """LeNet-5 on MNIST (tools/bench_scores.py trains and caches it); data files of 2,000 training images for
-    --data and the 10,000 test images for --eval-data."""
-    path = os.path.join(CACHE, "bench_scores_lenet5_mnist.onnx")
-    if not os.path.exists(path):
-        from bench_scores import lenet5_onnx  # noqa: the same model as the scoring benchmark
+    """LeNet-5 on MNIST (the scoring benchmark's, benchmarks/scores.py, trained and cached there); data files of
+    2,000 training images for --data and the 10,000 test images for --eval-data."""
+    from .scores import lenet5_path
 
-        lenet5_onnx(path)
+    path = lenet5_path()
     paths = {k: os.path.join(CACHE, f"bench_vgg_mnist_{k}.npz") for k in ("train", "eval")}
     if not all(os.path.exists(p) for p in paths.values()):
         d = np.load(os.path.join(DATA, "mnist.npz"))
@@ -158,8 +149,8 @@ def run_child(spec: dict) -> dict:
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, "1")
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          env=env)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.vgg", "--child", json.dumps(spec)], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"run {spec} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -214,10 +205,11 @@ def _child(spec: dict) -> dict:
         return _child_score(spec)
     if spec.get("kind") == "heads":
         return _child_heads(spec)
-    from onnxcrit import api, select
-    from onnxcrit.frontend import load_network
+    from onnxcrit import Progress, load_network, optimize
 
-    class Notes(api.Progress):
+    from .methods import magnitude
+
+    class Notes(Progress):
         def __init__(self):
             self.lines = []
 
@@ -227,7 +219,7 @@ def _child(spec: dict) -> dict:
     notes = Notes()
     memory = PeakMemory()
     start = time.perf_counter()
-    result = api.optimize(spec["model"], spec["data"], eval_data=spec["eval"], mode=spec["mode"],
+    result = optimize(spec["model"], spec["data"], eval_data=spec["eval"], mode=spec["mode"],
                           workers=spec.get("workers"), time_limit=spec.get("time_limit", 300.0),
                           num_samples=spec.get("num_samples", 10), measure_latency=False, progress=notes)
     wall = time.perf_counter() - start
@@ -244,8 +236,8 @@ def _child(spec: dict) -> dict:
         return {i: np.isin(np.arange(len(s)), np.argsort(-s, kind="stable")[:counts[i]]).astype(float)
                 for i, s in scores.items()}
 
-    mag = select.accuracy(net, ev["x"], ev["y"], top(select.magnitude(net)))
-    rnd = [select.accuracy(net, ev["x"], ev["y"], top({i: np.random.default_rng(s).random(len(k))
+    mag = ir_accuracy(net, ev["x"], ev["y"], top(magnitude(net)))
+    rnd = [ir_accuracy(net, ev["x"], ev["y"], top({i: np.random.default_rng(s).random(len(k))
                                                        for i, k in keep.items()}))
            for s in range(spec.get("random_seeds", 0))]
     return {"mode": rep.get("mode"), "workers": spec.get("workers"), "num_samples": spec.get("num_samples", 10),
@@ -261,8 +253,7 @@ def _child(spec: dict) -> dict:
 
 def _child_score(spec: dict) -> dict:
     """The scoring stage alone (heads + block solves), for the 1 vs 2 workers comparison."""
-    from onnxcrit.decoupled import decoupled_scores
-    from onnxcrit.frontend import load_network
+    from onnxcrit import decoupled_scores, load_network
 
     net, _ = load_network(spec["model"])
     d = np.load(spec["data"])
@@ -279,28 +270,28 @@ def _child_score(spec: dict) -> dict:
 def _child_heads(spec: dict) -> dict:
     """Head kind x calibration images: held-out accuracy of the decoupled scores' masks at fixed parameter
     budgets (by_params, 0/1 masks) against magnitude masks with the same per-layer counts."""
-    from onnxcrit import select
-    from onnxcrit.decoupled import decoupled_scores
-    from onnxcrit.frontend import load_network
+    from onnxcrit import by_params, decoupled_scores, load_network
+
+    from .methods import magnitude
 
     net, _ = load_network(spec["model"])
     d, ev = np.load(spec["data"]), np.load(spec["eval"])
-    mag = select.magnitude(net)
+    mag = magnitude(net)
     rows = []
     for head in ("gap", "pool2"):
         for n in (10, 50):
             r = decoupled_scores(net, d["x"], d["y"], workers=2, num_samples=n, head=head, relax=True)
             row = {"head": head, "N": n, "head_acc": [b["head_accuracy"] for b in r.blocks[:-1]]}
             for frac in spec["fractions"]:
-                sel, _ = select.by_params(net, r.scores, frac, rescale=False)
+                sel, _ = by_params(net, r.scores, frac, rescale=False)
                 keep = {i: s > 0 for i, s in sel.scales.items()}
                 counts = {i: int(k.sum()) for i, k in keep.items()}
                 top = {i: np.isin(np.arange(len(s)), np.argsort(-s, kind="stable")[:counts[i]]).astype(float)
                        for i, s in mag.items()}
-                row[str(frac)] = (select.accuracy(net, ev["x"], ev["y"], sel.scales),
-                             select.accuracy(net, ev["x"], ev["y"], top))
+                row[str(frac)] = (ir_accuracy(net, ev["x"], ev["y"], sel.scales),
+                                  ir_accuracy(net, ev["x"], ev["y"], top))
             rows.append(row)
-    return {"rows": rows, "base": select.accuracy(net, ev["x"], ev["y"])}
+    return {"rows": rows, "base": ir_accuracy(net, ev["x"], ev["y"])}
 
 
 def heads_table(result: dict, fractions) -> str:
@@ -315,7 +306,7 @@ def heads_table(result: dict, fractions) -> str:
 def full_mode_estimate(model: str, num_samples: int = 10) -> tuple[int, float]:
     """Nonzeros of the per-image conv/dense matrices the full MIP builds for N images (sp.kron over images),
     and their CSR size in GB (8-byte values + 4-byte column indices): a lower bound of its memory."""
-    from onnxcrit.frontend import load_network
+    from onnxcrit import load_network
 
     net, _ = load_network(model)
     nnz = 0
@@ -366,19 +357,19 @@ def blocks_table(run: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.vgg", description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--e2e-workers", default="2", help="worker counts of the end-to-end VGG runs")
     ap.add_argument("--samples", default="10,50", help="calibration images of the end-to-end VGG runs")
     ap.add_argument("--skip-lenet", action="store_true")
     ap.add_argument("--heads", action="store_true", help="only the head kind x calibration images comparison "
-                    "(writes tools/results/bench_vgg_heads.md)")
+                    "(writes benchmarks/results/bench_vgg_heads.md)")
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--torch-threads", type=int, default=1, help="torch threads for training (1 was faster "
                     "than 2 on the 2-core benchmark machine with another process running)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--time-limit", type=float, default=300.0)
-    ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--out", default=os.path.join(RESULTS, "bench_vgg.md"))
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
@@ -397,12 +388,12 @@ def main(argv=None) -> int:
         fractions = (0.95, 0.9, 0.8)
         res = run_child({"kind": "heads", "model": vgg, "data": split["train"], "eval": split["eval"],
                          "fractions": fractions})
-        body = ("# Decoupled mode: head kinds and calibration images (tools/bench_vgg.py --heads)\n\n"
+        body = ("# Decoupled mode: head kinds and calibration images (python -m benchmarks.vgg --heads)\n\n"
                 "VGG-11 / 4-class CIFAR-10 as in bench_vgg.md; decoupled scores (LP relaxation, lambda 5, hinge), "
                 "units removed lowest score first (ties by magnitude) until the parameter budget holds, kept units "
                 "at full strength; held-out accuracy (800 images) of that mask / of a magnitude mask with the same "
                 f"per-layer counts. Unpruned: {res['base']:.2f}%.\n\n" + heads_table(res, fractions))
-        publish(os.path.join(HERE, "results", "bench_vgg_heads.md"), body)
+        publish(os.path.join(RESULTS, "bench_vgg_heads.md"), body)
         return 0
 
     name = "VGG-11 / CIFAR-10 (4 classes)"
@@ -434,7 +425,7 @@ def main(argv=None) -> int:
     nnz, gb = full_mode_estimate(vgg)
     load = os.getloadavg()
     text = [
-        "# Decoupled mode benchmark (tools/bench_vgg.py)", "",
+        "# Decoupled mode benchmark (python -m benchmarks.vgg)", "",
         "VGG-11 widths (conv 64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M, then 512 -> 256 -> 4; "
         "BatchNorm folded by the front end), 3x32x32 input, trained with torch on CPU on 3,200 images of the "
         "**4-class** CIFAR-10 subset (airplane, automobile, ship, truck: the only classes in "

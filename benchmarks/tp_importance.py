@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Baseline: score the prunable units of an onnxcrit IR network with Torch-Pruning's magnitude importance.
 
 The IR is rebuilt as an equivalent float32 torch `nn.Sequential` (`ir_to_torch`), Torch-Pruning traces it
@@ -10,7 +9,7 @@ channels (`DG.get_pruning_group(module, tp.prune_{linear,conv}_out_channels, idx
 So the score of unit u is mean over the group's weight tensors of sum |w|^p over u's slice (its outgoing
 weight row/filter and the next layer's input column(s) -- a conv->Flatten->Linear column block of H*W columns
 is summed into one channel), then divided by the mean over the layer's units. Biases are not counted (bias=False).
-The output layer is never scored. Usage: python tools/bench/tp_importance.py (self-test).
+The output layer is never scored. Usage: python -m benchmarks.tp_importance (self-test; needs the bench extra).
 """
 from __future__ import annotations
 
@@ -21,11 +20,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, ROOT)
+from onnxcrit import load_network
 
-from onnxcrit.frontend import load_network  # noqa: E402
+from .common import ROOT
 
 
 def available() -> tuple[bool, str]:

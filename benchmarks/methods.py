@@ -1,24 +1,19 @@
-"""The unit-importance criteria the benchmark compares, and a runner that measures one in a fresh process.
+"""The unit-importance criteria the benchmarks compare, masks made from them, and a runner that measures one in
+a fresh process.
 
 Every criterion maps a Network to {scored layer position: importance per unit}; higher means keep. A mask keeps
 the `count` most important units of each layer (`keep_top`), the counts taken from onnxcrit's selection.
 """
 from __future__ import annotations
 
-import os
 import resource
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-sys.path.insert(0, HERE)
-
-from onnxcrit.frontend import load_network  # noqa: E402
+from onnxcrit import load_network
 
 
 def l1(net, x=None) -> dict[int, np.ndarray]:
@@ -43,9 +38,26 @@ def activation(net, x) -> dict[int, np.ndarray]:
     return out
 
 
+def magnitude(net, x=None) -> dict[int, np.ndarray]:
+    """L1 norm of each unit's incoming weights times the L1 norm of its outgoing weights (a channel feeding a
+    dense layer owns a block of its columns); the magnitude onnxcrit breaks ties of its removal order with."""
+    out = {}
+    linear = net.linear_indices()
+    for pos, k in enumerate(linear[:-1]):
+        layer, nxt = net.layers[k], net.layers[linear[pos + 1]]
+        incoming = np.abs(layer.weight).reshape(layer.units, -1).sum(axis=1)
+        w = np.abs(nxt.weight)
+        if nxt.kind == "conv":
+            outgoing = w.sum(axis=(0, 2, 3))
+        else:
+            outgoing = w.sum(axis=0).reshape(layer.units, -1).sum(axis=1)
+        out[k] = incoming * outgoing
+    return out
+
+
 def torch_pruning(net, x=None) -> dict[int, np.ndarray]:
     """Torch-Pruning's GroupMagnitudeImportance at its defaults on the same weights (tp_importance.py)."""
-    import tp_importance
+    from . import tp_importance
 
     return tp_importance.torch_pruning_scores(net)
 
@@ -55,7 +67,7 @@ def random_scores(net, seed: int) -> dict[int, np.ndarray]:
     return {i: rng.random(net.layers[i].units) for i in net.scored_indices()}
 
 
-CRITERIA = {"L1": l1, "L2": l2, "activation": activation, "Torch-Pruning": torch_pruning}
+CRITERIA = {"L1": l1, "L2": l2, "activation": activation, "Torch-Pruning": torch_pruning}  # what the suite runs
 
 
 def keep_top(scores: dict[int, np.ndarray], counts: dict[int, int]) -> dict[int, np.ndarray]:
@@ -66,6 +78,25 @@ def keep_top(scores: dict[int, np.ndarray], counts: dict[int, int]) -> dict[int,
         k[np.argsort(-np.asarray(s), kind="stable")[:counts[i]]] = True
         keep[i] = k
     return keep
+
+
+def as_scales(keep: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Keep masks as 0/1 scales (kept units at full strength)."""
+    return {i: np.asarray(k).astype(np.float64) for i, k in keep.items()}
+
+
+def magnitude_scales(net, fraction: float) -> dict[int, np.ndarray]:
+    """Remove `fraction` of each scored layer's units (at most all but one): those with the smallest L1 norm of
+    incoming weights (ties by position). 0/1 scales."""
+    scales = {}
+    for k in net.scored_indices():
+        w = net.layers[k].weight.reshape(net.layers[k].units, -1)
+        remove = min(int(round(fraction * len(w))), len(w) - 1)
+        order = np.argsort(np.abs(w).sum(axis=1), kind="stable")
+        s = np.ones(len(w))
+        s[order[:remove]] = 0.0
+        scales[k] = s
+    return scales
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,8 +115,9 @@ def _peak_mb() -> float:
 def _criterion_child(name: str, path: str, x) -> tuple[dict, float, float]:
     net, _ = load_network(path)
     if name == "Torch-Pruning":  # importing torch is not scoring (its memory counts, though)
-        import tp_importance  # noqa: F401
         import torch_pruning  # noqa: F401
+
+        from . import tp_importance  # noqa: F401
     clock = time.perf_counter()
     scores = CRITERIA[name](net, x)
     return scores, time.perf_counter() - clock, _peak_mb()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Does bias compensation help? Accuracy of pruned digits models with and without it.
 
 For models/digits_mlp.onnx and models/digits_cnn.onnx, every scored layer loses a fraction of its units, picked
@@ -6,29 +5,24 @@ by magnitude (smallest L1 norm of incoming weights) or at random (mean over 5 se
 computed on the calibration images (*_calib.npz, 100 images); accuracy and logit error are measured on the
 held-out images (*_eval.npz, 450). Each rewritten model is validated (onnxruntime == masked IR forward).
 
-Usage: python tools/bench_compensation.py [--fractions 0.3 0.45 0.6] [--out FILE]
+Usage: python -m benchmarks.compensation [--fractions 0.3 0.45 0.6] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(ROOT / "tools" / "bench"))
+from onnxcrit import bias_compensation, check_rewrite, load_network, remove_units
 
-from bench_latency import magnitude_scales  # noqa: E402
-from onnxcrit.frontend import load_network  # noqa: E402
-from onnxcrit.rewrite import bias_compensation, remove_units  # noqa: E402
-from onnxcrit.validate import check_rewrite  # noqa: E402
-from results import publish  # noqa: E402
+from . import common
+from .common import publish
+from .methods import magnitude_scales
 
-RESULTS = ROOT / "tools" / "results" / "bias_compensation.md"
+ROOT = Path(common.ROOT)
+RESULTS = Path(common.RESULTS) / "bias_compensation.md"
 SEEDS = 5
 
 
@@ -54,7 +48,7 @@ def evaluate(model, net, scales, calib, evals, compensate: bool) -> tuple[float,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compensation", description=__doc__.splitlines()[0])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.45, 0.6])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -78,7 +72,7 @@ def main(argv=None) -> int:
     text = ("# Bias compensation: accuracy on the 450 held-out digits\n\n" + "\n".join(lines) +
             "\n\nCompensation: each removed unit's mean activation on the 100 calibration images times its "
             "outgoing weights, folded into the next layer's bias (for a conv next layer: the per-channel mean "
-            "over positions). No fine-tuning. Produced by `python tools/bench_compensation.py`, "
+            "over positions). No fine-tuning. Produced by `python -m benchmarks.compensation`, "
             f"{time.strftime('%Y-%m-%d')}.\n")
     print()
     publish(args.out, text)

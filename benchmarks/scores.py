@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Benchmark the scoring stage: build and solve time, problem size, and the held-out accuracy of the MIP mask
 against a magnitude mask and random masks with the same per-layer unit counts.
 
@@ -7,9 +6,9 @@ Models: the example digits MLP and CNN (models/), and LeNet-5 on MNIST, trained 
 Calibration images come from the training data (digits: models/*_calib.npz; MNIST: the train split), the
 accuracy from held-out data (digits: models/*_eval.npz, 450 images; MNIST: the 10,000 test images).
 
-Writes the table to tools/results/bench_scores.md and prints it.
+Writes the table to benchmarks/results/bench_scores.md and prints it.
 
-Usage: python tools/bench_scores.py [--models digits_mlp,digits_cnn,lenet5] [--variants]
+Usage: python -m benchmarks.scores [--models digits_mlp,digits_cnn,lenet5] [--variants]
 """
 from __future__ import annotations
 
@@ -20,21 +19,15 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(HERE, "bench"))
+from onnxcrit import compute_scores, keep_by_threshold, load_network, params_after, to_scales
 
-from onnxcrit import select  # noqa: E402
-from onnxcrit.frontend import load_network  # noqa: E402
-from onnxcrit.scoring import compute_scores, masks_from_scores  # noqa: E402
-from methods import keep_top  # noqa: E402
-from results import publish  # noqa: E402
-import models  # noqa: E402
+from . import models
+from .common import RESULTS, ROOT, ir_accuracy, publish
+from .methods import as_scales, keep_top, magnitude
 
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist.npz")
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "onnxcrit")
-RESULTS = os.path.join(HERE, "results", "bench_scores.md")
+LENET5 = os.path.join(CACHE, "bench_scores_lenet5_mnist.onnx")
 RANDOM_SEEDS = 5
 
 
@@ -50,45 +43,43 @@ def load_case(name: str):
         ev = np.load(os.path.join(ROOT, "models", f"{name}_eval.npz"))
         return net, cal["x"], cal["y"], ev["x"], ev["y"]
     if name == "lenet5":
-        path = os.path.join(CACHE, "bench_scores_lenet5_mnist.onnx")
-        if not os.path.exists(path):
-            t = time.perf_counter()
-            models.train_and_export("lenet5", path, train=60_000, epochs=2)  # all 60,000 images
-            print(f"trained and exported LeNet-5 to {path} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-        net, _ = load_network(path)
+        net, _ = load_network(lenet5_path())
         d = np.load(MNIST)
         f = lambda a: (a[:, None] / 255.0).astype(np.float32)
         return net, f(d["x_train"]), d["y_train"].astype(np.int64), f(d["x_test"]), d["y_test"].astype(np.int64)
     raise SystemExit(f"unknown model {name}")
 
 
+def lenet5_path() -> str:
+    """This benchmark's LeNet-5 (2 epochs on all 60,000 MNIST training images), trained and cached on first use;
+    benchmarks/vgg.py uses it too."""
+    if not os.path.exists(LENET5):
+        t = time.perf_counter()
+        models.train_and_export("lenet5", LENET5, train=60_000, epochs=2)
+        print(f"trained and exported LeNet-5 to {LENET5} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return LENET5
+
+
 # --------------------------------------------------------------------------------------------------
-# baselines (the criteria and keep_top are shared with the suite in tools/bench/)
-
-
-def as_scales(keep):
-    return {i: k.astype(float) for i, k in keep.items()}
-
-
-# --------------------------------------------------------------------------------------------------
+# baselines: magnitude and keep_top from methods.py (shared with the suite)
 
 
 def run_case(name: str, options: dict, threshold: float = 0.1, label: str = "") -> dict:
     net, x_pool, y_pool, x_ev, y_ev = load_case(name)
-    base = select.accuracy(net, x_ev, y_ev)
+    base = ir_accuracy(net, x_ev, y_ev)
     res = compute_scores(net, x_pool, y_pool, **options)
-    scales, _ = masks_from_scores(net, res.scores, threshold=threshold, as_scales=True)
+    scales = to_scales(res.scores, keep_by_threshold(net, res.scores, threshold), rescale=True)
     keep = {i: s > 0 for i, s in scales.items()}
     counts = {i: int(k.sum()) for i, k in keep.items()}
-    acc_mip = select.accuracy(net, x_ev, y_ev, scales)
-    acc_mip01 = select.accuracy(net, x_ev, y_ev, as_scales(keep))
-    acc_mag = select.accuracy(net, x_ev, y_ev, as_scales(keep_top(select.magnitude(net), counts)))
+    acc_mip = ir_accuracy(net, x_ev, y_ev, scales)
+    acc_mip01 = ir_accuracy(net, x_ev, y_ev, as_scales(keep))
+    acc_mag = ir_accuracy(net, x_ev, y_ev, as_scales(keep_top(magnitude(net), counts)))
     accs = []
     for seed in range(RANDOM_SEEDS):
         rng = np.random.default_rng(seed)
         rnd = {i: rng.random(len(s)) for i, s in res.scores.items()}
-        accs.append(select.accuracy(net, x_ev, y_ev, as_scales(keep_top(rnd, counts))))
-    removed = 1.0 - select.params_after(net, keep) / net.params
+        accs.append(ir_accuracy(net, x_ev, y_ev, as_scales(keep_top(rnd, counts))))
+    removed = 1.0 - params_after(net, keep) / net.params
     units = {net.layers[i].name: f"{counts[i]}/{len(k)}" for i, k in keep.items()}
     return dict(model=name, label=label, status=res.status, build=res.build_seconds, solve=res.solve_seconds,
                 variables=res.variables, binaries=res.binaries, constraints=res.constraints, nnz=res.nonzeros,
@@ -128,10 +119,10 @@ VARIANTS = [
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.scores", description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="digits_mlp,digits_cnn,lenet5")
     ap.add_argument("--variants", action="store_true", help="also the comparisons behind the defaults")
-    ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--out", default=os.path.join(RESULTS, "bench_scores.md"))
     args = ap.parse_args(argv)
     names = args.models.split(",")
     t0 = time.perf_counter()
@@ -145,7 +136,7 @@ def main(argv=None) -> int:
             "keep the same number of units per layer as the MIP mask. Accuracy in percent on held-out data "
             "(digits: 450 images; MNIST: 10,000 test images).", "", table(rows),
             f"Total benchmark time {time.perf_counter() - t0:.0f} s on {os.cpu_count()} cores. "
-            f"Command: `python tools/bench_scores.py{' --variants' if args.variants else ''}`"]
+            f"Command: `python -m benchmarks.scores{' --variants' if args.variants else ''}`"]
     publish(args.out, "\n".join(text) + "\n")
     return 0
 

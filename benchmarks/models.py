@@ -6,6 +6,9 @@ are cached in ~/.cache/onnxcrit/bench/ (outside git). The last 5,000 training im
 (accuracy budgets are chosen on it), the 10,000 test images measure every reported accuracy; calibration images
 are drawn from the training split. The digits examples use models/ as committed (calibration pool
 models/*_calib.npz, held-out models/*_eval.npz for both validation and test: the only held-out data they have).
+
+`fit` is also the training loop of tools/make_examples.py and tools/make_published_patterns.py: a change to it
+changes the committed models they generate.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .common import ROOT
+
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist.npz")
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "onnxcrit", "bench")
 TRAIN = 55_000

@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """Does a pruning mask found on one data set transfer to another? (the paper's "lucky sub-network" experiment)
 
 LeNet-5 (conv 6@5x5 - relu - maxpool 2 - conv 16@5x5 - relu - maxpool 2 - flatten - fc 120 - relu - fc 84 - relu -
 fc 10) is trained on MNIST with torch; its untrained initial weights and its trained weights are saved as ONNX in
 ~/.cache/onnxcrit/ (not in git). A mask (which units of each hidden layer to keep) is computed from the trained
-MNIST network, and four networks are then trained from scratch on KMNIST with `onnxcrit.finetune.retrain`:
+MNIST network, and four networks are then trained from scratch on KMNIST with `onnxcrit.retrain`:
 
   (a) the masked architecture with the network's *original* initial weights, sliced to the mask (lottery ticket)
   (b) the masked architecture with a fresh random initialisation
@@ -14,14 +13,15 @@ MNIST network, and four networks are then trained from scratch on KMNIST with `o
 KMNIST here is only its 10k test split (see ../shared/data/README.md): a seeded permutation gives 8k images to
 train and 2k to evaluate. Every configuration runs with 3 seeds (the seed orders the mini-batches and draws the
 random init of (b) and the random mask of (d)); the table reports the mean and the standard deviation of the 2k
-evaluation accuracy. It is written to tools/results/cross_dataset.md and printed.
+evaluation accuracy. It is written to benchmarks/results/cross_dataset.md and printed.
 
 The mask comes from one function, `mask_source`: for now a magnitude mask (per layer, the units whose incoming
 weights have the largest L1 norm), at the per-layer counts of a JSON file ({layer name: units to keep}) or 40% of
-each hidden layer. Swap in the MIP mask there (e.g. from onnxcrit.api.optimize, reading the kept units the pruned
-model records under the 'onnxcrit.kept_units' metadata key).
+each hidden layer; `--mask mip` takes onnxcrit's own mask instead (`mip_mask`: `onnxcrit.optimize` under an
+accuracy budget, the kept units read from its scales).
 
-Usage: python tools/exp_cross_dataset.py [--counts COUNTS.json] [--epochs 15] [--mnist-epochs 3] [--seeds 0 1 2]
+Usage: python -m benchmarks.cross_dataset [--mask magnitude|mip] [--counts COUNTS.json] [--epochs 15]
+                                          [--mnist-epochs 3] [--seeds 0 1 2] [--out FILE]
 Runtime: about 2 minutes on one CPU core (the MNIST training is cached in ~/.cache/onnxcrit).
 """
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -40,17 +39,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
-from models import fit  # noqa: E402
-from onnxcrit.data import Dataset  # noqa: E402
-from onnxcrit.finetune import accuracy, retrain, sliced_weights, write_kept_units, write_weights  # noqa: E402
-from onnxcrit.frontend import load_network  # noqa: E402
+from onnxcrit import evaluate, load_network, optimize, remove_units, retrain
 
-ROOT = Path(__file__).resolve().parents[1]
+from . import common
+from .models import fit
+
+ROOT = Path(common.ROOT)
 DATA = ROOT.parent / "shared" / "data"
 CACHE = Path(os.environ.get("ONNXCRIT_CACHE", Path.home() / ".cache" / "onnxcrit"))
-RESULTS = ROOT / "tools" / "results" / "cross_dataset.md"
+RESULTS = Path(common.RESULTS) / "cross_dataset.md"
 OPSET = 17
 WIDTHS = {"conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84}  # hidden layers; fc3 (10 classes) is the output
 
@@ -104,7 +101,7 @@ def load_kmnist(n_train=8000):
         y = d["y_test"].astype(np.int64)
     order = np.random.default_rng(12345).permutation(len(x))
     tr, ev = order[:n_train], order[n_train:]
-    return Dataset(x[tr], y[tr], "KMNIST 8k"), Dataset(x[ev], y[ev], "KMNIST 2k")
+    return (x[tr], y[tr]), (x[ev], y[ev])
 
 
 def train_lenet_on_mnist(epochs: int, threads: int) -> tuple[Path, Path]:
@@ -151,8 +148,6 @@ def mask_source(trained_path, counts: dict[str, int]) -> dict[str, list[int]]:
 def mip_mask(trained_path, budget: float = 0.5, num_samples: int = 50) -> dict[str, list[int]]:
     """onnxcrit's own mask: the MIP scores on MNIST training images, cut by an accuracy budget (points) measured on
     5,000 held-back MNIST training images (the test set stays unseen)."""
-    from onnxcrit import optimize
-
     (x, y), _ = load_mnist()
     result = optimize(trained_path, (x[:2000], y[:2000]), eval_data=(x[-5000:], y[-5000:]),
                       max_accuracy_drop=budget, num_samples=num_samples, measure_latency=False)
@@ -167,14 +162,13 @@ def random_mask(trained_path, counts: dict[str, int], seed: int) -> dict[str, li
 
 
 def pruned_architecture(kept: dict[str, list[int]]) -> onnx.ModelProto:
-    """A LeNet-5 ONNX file with the kept widths (its weights are placeholders: retrain replaces them)."""
+    """A LeNet-5 ONNX file with the kept widths (its weights are placeholders: retrain replaces them, from the
+    original initial weights sliced to `kept` or at random)."""
     names = {"/conv1/Conv": "conv1", "/conv2/Conv": "conv2", "/fc1/Gemm": "fc1", "/fc2/Gemm": "fc2"}
     widths = dict(WIDTHS)
     for name, idx in kept.items():
         widths[names[name]] = len(idx)
-    proto = export(LeNet5(widths))
-    write_kept_units(proto, kept)
-    return proto
+    return export(LeNet5(widths))
 
 
 # -- the experiment ------------------------------------------------------------------------------------------------
@@ -192,14 +186,15 @@ def run(args) -> str:
         how = (("counts from " + args.counts if args.counts else "40% of each hidden layer")
                + "; magnitude: largest L1 norm of the incoming weights")
     train, evaluation = load_kmnist()
-    _, (mx, my) = load_mnist()
-    mnist_test = Dataset(mx, my, "MNIST test")
+    _, mnist_test = load_mnist()
 
+    # the trained network with only the kept units: onnxcrit's rewrite with 0/1 scales
     full_net, full_proto = load_network(trained_path)
-    small_net, small_proto = load_network(pruned_architecture(kept))
-    masked = write_weights(small_proto, sliced_weights(full_proto, full_net, small_proto, small_net, kept))
-    full_accuracy = accuracy(full_proto, full_net, mnist_test)
-    masked_accuracy = accuracy(masked, small_net, mnist_test)
+    scales = {k: np.isin(np.arange(full_net.layers[k].units), kept[full_net.layers[k].name]).astype(np.float64)
+              for k in full_net.scored_indices()}
+    masked, small_net = remove_units(full_proto, full_net, scales)
+    full_accuracy = evaluate(full_proto, mnist_test, latency=False)["accuracy"]
+    masked_accuracy = evaluate(masked, mnist_test, latency=False)["accuracy"]
 
     options = dict(eval_data=evaluation, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                    threads=args.threads)
@@ -219,7 +214,7 @@ def run(args) -> str:
     lines = [
         "# Cross-data-set generalisation of a pruning mask (MNIST -> KMNIST)",
         "",
-        "Generated by `python tools/exp_cross_dataset.py` "
+        "Generated by `python -m benchmarks.cross_dataset` "
         f"(epochs {args.epochs}, lr {args.lr}, batch {args.batch_size}, seeds {' '.join(map(str, args.seeds))}, "
         f"threads {args.threads}, {time.perf_counter() - started:.0f} s).",
         "",
@@ -256,7 +251,7 @@ def configurations(kept, counts, init_path, trained_path):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cross_dataset", description=__doc__.splitlines()[0])
     parser.add_argument("--counts", help="JSON file {layer name: units to keep} (default: 40%% of each layer)")
     parser.add_argument("--mask", choices=["magnitude", "mip"], default="magnitude",
                         help="where the MNIST mask comes from (default magnitude)")

@@ -1,36 +1,38 @@
-#!/usr/bin/env python
 """Latency speed-up against MACs reduction after physically removing units, and what --round-to does about it.
 
 Models (built once, cached in ~/.cache/onnxcrit, not in git):
 
 * LeNet-5 on MNIST: conv(1,6,5)-relu-maxpool2-conv(6,16,5)-relu-maxpool2-flatten-fc120-relu-fc84-relu-fc10,
-  trained for one epoch with torch on /work/shared/data/mnist.npz (random init if the data is missing).
+  trained for one epoch with torch on ../shared/data/mnist.npz (random init if the data is missing).
 * A wider CNN at 32x32x3: conv 3->64->128->256 (3x3, pad 1), each relu + maxpool2, flatten, fc512-relu-fc10,
   random init (latency does not depend on the weights).
 
-Default mode (tools/results/bench_latency.md): the bundled digits CNN as `optimize` prunes it by default, and
-LeNet-5 and the wide CNN with magnitude masks (every scored layer loses the same fraction of its units, those
+Default mode (benchmarks/results/bench_latency.md): the bundled digits CNN as `optimize` prunes it by default,
+and LeNet-5 and the wide CNN with magnitude masks (every scored layer loses the same fraction of its units, those
 with the smallest L1 norm of incoming weights), each without rounding, with --round-to 8 and 16 (conv layers'
 kept channels rounded up with the best removed ones), and with what --round-to auto picks when it runs here
-(its own short measurement). The original and every distinct variant are then timed in alternation in one run
-per batch size (onnxruntime, one thread, CPU time of the calling thread, median), so all see the same load.
+(its own short measurement: for the digits CNN `optimize`'s report; for the magnitude masks its candidates,
+timer and rule as `auto_round_to` below re-applies them). The original and every distinct variant are then
+timed in alternation in one run per batch size (onnxruntime, one thread, CPU time of the calling thread,
+median), so all see the same load.
 
---level-study (tools/results/bench_latency_levels.md): the earlier study, magnitude masks without rounding at
+--level-study (benchmarks/results/bench_latency_levels.md): the earlier study, magnitude masks without rounding at
 onnxruntime's graph optimisation levels "all" (its default, NCHWc) and "extended" (no NCHWc), wall and CPU.
---dense (tools/results/bench_latency_dense.md): a 784-N-10 MLP for N around 150: is a dense layer faster at a
+--dense (benchmarks/results/bench_latency_dense.md): a 784-N-10 MLP for N around 150: is a dense layer faster at a
 multiple of 8 or 16 units? (It decides whether --round-to rounds dense layers.)
 
 Speed-up = latency before / latency after; MACs ratio = MACs before / MACs after.
 
-Usage: python tools/bench_latency.py [--level-study [--levels all extended] | --dense] [--repeats 30] [--warmup 5]
-                                     [--fractions 0.5 0.75] [--out FILE]
+Usage: python -m benchmarks.latency [--level-study [--levels all extended] | --dense] [--repeats 30] [--warmup 5]
+                                    [--fractions 0.5 0.75] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -38,23 +40,19 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools" / "bench"))
+from onnxcrit import (check_rewrite, layer_table, load_network, optimize, paired_timings,  # noqa: E402
+                      remove_units, round_up, write_model)
 
-from onnxcrit import api, optimize, rounding, select  # noqa: E402
-from onnxcrit.frontend import load_network, to_network  # noqa: E402
-from onnxcrit.measure import file_size, layer_table, paired_timings, totals  # noqa: E402
-from onnxcrit.output import write_model  # noqa: E402
-from onnxcrit.rewrite import remove_units  # noqa: E402
-from onnxcrit.validate import check_rewrite, run_tensors  # noqa: E402
-from results import publish  # noqa: E402
+from . import common  # noqa: E402
+from .common import logits, publish  # noqa: E402
+from .methods import magnitude_scales  # noqa: E402
 
+ROOT = Path(common.ROOT)
 CACHE = Path(os.environ.get("ONNXCRIT_CACHE", Path.home() / ".cache" / "onnxcrit"))
-MNIST = Path("/work/shared/data/mnist.npz")
-RESULTS = ROOT / "tools" / "results" / "bench_latency.md"
-RESULTS_LEVELS = ROOT / "tools" / "results" / "bench_latency_levels.md"
-RESULTS_DENSE = ROOT / "tools" / "results" / "bench_latency_dense.md"
+MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
+RESULTS = Path(common.RESULTS) / "bench_latency.md"
+RESULTS_LEVELS = Path(common.RESULTS) / "bench_latency_levels.md"
+RESULTS_DENSE = Path(common.RESULTS) / "bench_latency_dense.md"
 DIGITS = ROOT / "models" / "digits_cnn.onnx", ROOT / "models" / "digits_cnn_calib.npz", \
     ROOT / "models" / "digits_cnn_eval.npz"
 
@@ -128,56 +126,97 @@ def cached(file: str, build) -> Path:
     return path
 
 
-# masks -----------------------------------------------------------------------------------------------------
-
-def magnitude_scales(net, fraction: float) -> dict[int, np.ndarray]:
-    """Remove `fraction` of each scored layer's units: those with the smallest L1 norm of incoming weights."""
-    scales = {}
-    for k in net.scored_indices():
-        w = net.layers[k].weight.reshape(net.layers[k].units, -1)
-        remove = int(round(fraction * len(w)))
-        remove = min(remove, len(w) - 1)
-        order = np.argsort(np.abs(w).sum(axis=1), kind="stable")
-        s = np.ones(len(w))
-        s[order[:remove]] = 0.0
-        scales[k] = s
-    return scales
-
-
 # rounding (default mode) -------------------------------------------------------------------------------------
 
-ROUNDINGS = (1, 8, 16)  # the table's fixed columns; auto tries rounding.ROUNDINGS
+ROUNDINGS = (1, 8, 16)  # the table's fixed columns
+# --round-to auto as onnxcrit runs it (onnxcrit/rounding.py: ROUNDINGS, TIE, REPEATS / WARMUP / SECONDS of its
+# default timer; tests/test_bench.py checks these copies against the product's): the K it tries, how much faster a
+# candidate with more rounding must be to win, and its timing per batch size (CPU clock, one thread).
+AUTO_ROUNDINGS = (1, 4, 8, 16)
+AUTO_TIE = 0.02
+AUTO_TIMING = dict(repeats=200, warmup=3, seconds=0.25)
+AUTO_BATCHES = (1, 64)  # 1 and the default --latency-batch
 
 
-def _widths(model) -> tuple[int, ...]:
-    net = to_network(model)
+@dataclass
+class Variant:
+    """One rounding of a selection: the rewritten model, its network and scales."""
+
+    round_to: int
+    model: object
+    net: object
+    scales: dict
+
+
+def _widths(net) -> tuple[int, ...]:
     return tuple(net.layers[i].units for i in net.scored_indices())
 
 
-def _removed(net, model) -> str:
-    after = _widths(model)
+def _removed(net, new_net) -> str:
     return ", ".join(f"{net.layers[i].kind} {net.layers[i].units - a}/{net.layers[i].units}"
-                     for i, a in zip(net.scored_indices(), after))
+                     for i, a in zip(net.scored_indices(), _widths(new_net)))
 
 
 def _accuracy(model, net, data) -> float | None:
     if data is None:
         return None
     x, y = data
-    logits = run_tensors(model, net.input_name, x, [net.logits_name], dtype=net.input_dtype)[0]
-    return float(np.mean(logits.argmax(axis=1) == y) * 100.0)
+    return float(np.mean(logits(model, net, x).argmax(axis=1) == y) * 100.0)
 
 
 def digits_variants() -> tuple:
-    """The digits CNN pruned by `optimize` defaults, at each fixed rounding and with auto (timed here)."""
+    """The digits CNN pruned by `optimize` defaults, at each fixed rounding and with auto (timed by optimize)."""
     path, calib, evald = DIGITS
     net, model = load_network(path)
-    variants = {k: optimize(path, calib, eval_data=evald, measure_latency=False, round_to=k).model
-                for k in ROUNDINGS}
+    variants = {}
+    for k in ROUNDINGS:
+        res = optimize(path, calib, eval_data=evald, measure_latency=False, round_to=k)
+        variants[k] = (res.model, res.network)
     auto = optimize(path, calib, eval_data=evald).report["latency"]["round_to"]
-    variants["auto"] = optimize(path, calib, eval_data=evald, measure_latency=False, round_to=auto).model
+    res = optimize(path, calib, eval_data=evald, measure_latency=False, round_to=auto)
+    variants["auto"] = (res.model, res.network)
     ev = np.load(evald)
     return net, model, variants, auto, (ev["x"].astype(np.float32), ev["y"])
+
+
+def rounded(net, model, scores, scales, roundings=AUTO_ROUNDINGS) -> dict[int, Variant]:
+    """{K: the selection's conv channels rounded up to multiples of K (`round_up`, kept units at full strength),
+    rewritten}; a K giving the same kept counts as a smaller one shares its Variant (what auto times once)."""
+    out: dict[int, Variant] = {}
+    by_counts: dict[tuple, Variant] = {}
+    for k in sorted(roundings):
+        k_scales, keep = round_up(net, scores, scales, k, rescaled=False)
+        counts = tuple(int(np.sum(keep[i])) for i in sorted(keep))
+        if counts not in by_counts:
+            new, new_net = remove_units(model, net, k_scales, keep=keep)
+            by_counts[counts] = Variant(k, new, new_net, k_scales)
+        out[k] = by_counts[counts]
+    return out
+
+
+def choose_round_to(speedups: dict[int, list[float]], tie: float = AUTO_TIE) -> int:
+    """auto's rule: {K: speed-up per batch size} -> the K with the best geometric-mean speed-up, a larger K
+    winning over a smaller one only when faster by more than `tie` (relative)."""
+    geomean = {k: math.exp(sum(math.log(v) for v in s) / len(s)) for k, s in speedups.items()}
+    order = sorted(geomean)
+    best = order[0]
+    for k in order[1:]:
+        if geomean[k] > geomean[best] * (1.0 + tie):
+            best = k
+    return best
+
+
+def auto_round_to(net, model, variants: dict[int, Variant]) -> int:
+    """The K --round-to auto picks for these candidates on this machine: the original and every distinct
+    candidate timed in alternation at each of AUTO_BATCHES, then `choose_round_to`."""
+    distinct = list({id(v): v for v in variants.values()}.values())
+    speedups: dict[int, list[float]] = {v.round_to: [] for v in distinct}
+    for b in AUTO_BATCHES:
+        t = paired_timings([model] + [v.model for v in distinct], net.input_name, net.input_shape, b,
+                           fixed_batch=net.fixed_batch, **AUTO_TIMING)["cpu"]
+        for v, seconds in zip(distinct, t[1:]):
+            speedups[v.round_to].append(t[0] / seconds)
+    return choose_round_to(speedups)
 
 
 def magnitude_variants(net, model, fraction: float) -> tuple:
@@ -185,28 +224,23 @@ def magnitude_variants(net, model, fraction: float) -> tuple:
     scales = magnitude_scales(net, fraction)
     scores = {k: np.abs(net.layers[k].weight.reshape(net.layers[k].units, -1)).sum(axis=1) for k in scales}
     scores = {k: s / max(float(s.max()), 1e-300) for k, s in scores.items()}  # ranks the removed ones to add
-    sel = select.Selection(scales=scales, rule="magnitude", rescaled=False)
-    by_k = {c.round_to: c for c in rounding.candidates(net, model, scores, sel, rounding.ROUNDINGS)}
-    for c in list(by_k.values()):
-        for k in c.same_as:
-            by_k[k] = c
-    auto, _ = api._round(net, model, scores, sel, "threshold", "auto", True, 64, None, None, None, None,
-                         api.Progress(), {})
-    variants = {k: by_k[k].model for k in ROUNDINGS}
-    variants["auto"] = by_k[auto.round_to].model
-    for k, c in by_k.items():  # every variant computes the masked IR (rounded units included)
-        report = check_rewrite(model, c.model, net, c.scales, [np.random.default_rng(0).random(
+    by_k = rounded(net, model, scores, scales)
+    auto = auto_round_to(net, model, by_k)
+    variants = {k: (by_k[k].model, by_k[k].net) for k in ROUNDINGS}
+    variants["auto"] = (by_k[auto].model, by_k[auto].net)
+    for k, v in by_k.items():  # every variant computes the masked IR (rounded units included)
+        report = check_rewrite(model, v.model, net, v.scales, [np.random.default_rng(0).random(
             (8, *net.input_shape)).astype(np.float32)])
         if not report.ok:
             raise SystemExit(f"round-to {k}: rewrite failed validation: {report.reasons}")
-    return variants, auto.round_to
+    return variants, auto
 
 
 def time_variants(model, net, variants: dict, args) -> dict:
     """Time the original and every distinct variant in alternation; {variant key: {batch: (before, after)}}."""
     distinct: list = []
     index = {}
-    for key, m in variants.items():
+    for key, (m, _) in variants.items():
         blob = m.SerializeToString()
         j = next((j for j, d in enumerate(distinct) if d[0] == blob), None)
         if j is None:
@@ -238,10 +272,10 @@ def rounding_rows(args) -> list[dict]:
     for label, net, model, variants, auto, data in cases:
         times = time_variants(model, net, variants, args)
         macs0 = net.macs
-        row = dict(model=label, removed=_removed(net, variants[1]), auto_k=auto, acc0=_accuracy(model, net, data))
-        for key, m in variants.items():
-            new_net = to_network(m)
-            row[key] = dict(widths=_widths(m), macs_ratio=macs0 / new_net.macs,
+        row = dict(model=label, removed=_removed(net, variants[1][1]), auto_k=auto,
+                   acc0=_accuracy(model, net, data))
+        for key, (m, new_net) in variants.items():
+            row[key] = dict(widths=_widths(new_net), macs_ratio=macs0 / new_net.macs,
                             s1=times[key][1][0] / times[key][1][1], s64=times[key][64][0] / times[key][64][1],
                             ms64=(1e3 * times[key][64][0], 1e3 * times[key][64][1]),
                             acc=_accuracy(m, net, data))
@@ -287,7 +321,7 @@ def rounding_table(rows: list[dict], args) -> str:
             "it); the other rows use magnitude masks, and rounding adds back the removed channels with the "
             "largest L1 norm. LeNet-5 accuracy: the first 2,000 MNIST test images, no fine-tuning; the wide CNN "
             "has random weights. auto = the K `--round-to auto` chose in its own short measurement (1, 4, 8 or "
-            f"16), timed again here with the others. Produced by `python tools/bench_latency.py`, "
+            f"16), timed again here with the others. Produced by `python -m benchmarks.latency`, "
             f"{time.strftime('%Y-%m-%d')}.\n")
     return "\n".join(lines) + "\n" + note
 
@@ -301,20 +335,18 @@ faster, and auto picks it. LeNet-5's magnitude masks keep 3 and 8 (or 2 and 4) c
 only adds work, and auto keeps K = 1. The wide CNN's kept counts are already multiples of 16, so every K gives
 the same model. Rounding is no way to make a pruned small CNN beat the original under NCHWc; it stops the
 pruned model from being slower, and auto measures which is which on the machine at hand. Dense layers are not
-rounded: `--dense` finds no step at multiples of 8 or 16 (tools/results/bench_latency_dense.md).
+rounded: `--dense` finds no step at multiples of 8 or 16 (benchmarks/results/bench_latency_dense.md).
 """
 
 
 # dense layers (--dense) ----------------------------------------------------------------------------------------
 
 def dense_table(args) -> str:
-    sys.path.insert(0, str(ROOT))
-    from tests.onnx_builders import mlp
-
     import onnxruntime
 
-    model = mlp((784, 300, 10))
-    net = to_network(model)
+    from tests.onnx_builders import mlp  # the test suite's model builder (run from the repository root)
+
+    net, model = load_network(mlp((784, 300, 10)))
     widths = (144, 145, 147, 150, 151, 152, 153, 156, 159, 160, 161, 168)
     k = net.scored_indices()[0]
     models = []
@@ -332,7 +364,7 @@ def dense_table(args) -> str:
             f"{args.repeats} runs at batch 64 and {10 * args.repeats} at batch 1).\n\n" + "\n".join(lines) +
             "\n\nIf a multiple of 8 or 16 were faster, the columns 152 and 160 would stand out; they do not beyond the "
             "timing noise, so --round-to leaves dense layers alone (adding units there only adds work). "
-            f"Produced by `python tools/bench_latency.py --dense`, {time.strftime('%Y-%m-%d')}.\n")
+            f"Produced by `python -m benchmarks.latency --dense`, {time.strftime('%Y-%m-%d')}.\n")
 
 
 # benchmark (--levels) ------------------------------------------------------------------------------------------
@@ -345,7 +377,7 @@ def run(args) -> list[dict]:
         net, model = load_network(path)
         rng = np.random.default_rng(0)
         probe = rng.random((16, *net.input_shape)).astype(np.float32)
-        base = totals(layer_table(net, model))
+        base = totals(net, model)
         acc0 = None
         if "MNIST" in label and test is not None:
             acc0 = float(np.mean(net.predict(test[0]) == test[1]))
@@ -357,7 +389,7 @@ def run(args) -> list[dict]:
                 raise SystemExit(f"{label} {fraction:.0%}: rewrite failed validation: {report.reasons}")
             out = CACHE / f"{Path(file).stem}_{int(fraction * 100)}.onnx"
             write_model(new, out)
-            after = totals(layer_table(new_net, new))
+            after = totals(new_net, new)
             lat = {}
             for lvl in args.levels:
                 for b in (1, 64):  # before and after timed in alternation: same machine load for both
@@ -369,7 +401,7 @@ def run(args) -> list[dict]:
             for lvl in args.levels:
                 row = dict(model=label, removed=fraction, level=lvl, macs0=base["macs"], macs1=after["macs"],
                            macs_ratio=macs_ratio, params_ratio=base["params"] / after["params"],
-                           size_ratio=file_size(path) / file_size(out), acc0=acc0, acc1=acc1)
+                           size_ratio=os.path.getsize(path) / os.path.getsize(out), acc0=acc0, acc1=acc1)
                 for b in (1, 64):
                     for clock in ("wall", "cpu"):
                         t0, t1 = lat[lvl, b][clock]
@@ -379,6 +411,12 @@ def run(args) -> list[dict]:
                 rows.append(row)
                 print(_line(row), flush=True)
     return rows
+
+
+def totals(net, model) -> dict:
+    """Parameters (as the file stores them) and MACs per sample of the linear layers."""
+    rows = layer_table(net, model)
+    return {key: sum(r[key] for r in rows) for key in ("params", "macs")}
 
 
 def _ms(t: float) -> str:
@@ -419,7 +457,7 @@ def table(rows: list[dict], args) -> str:
             "other processes, so it is the steadier number on a shared machine. Magnitude masks (L1 norm of "
             "incoming weights); every scored layer loses the same fraction, the output layer keeps its 10 units. "
             "Accuracy: MNIST test set, no fine-tuning. Target: b64 speed-up >= 0.8 x MACs ratio. Produced by "
-            f"`python tools/bench_latency.py --level-study`, {time.strftime('%Y-%m-%d')}.\n")
+            f"`python -m benchmarks.latency --level-study`, {time.strftime('%Y-%m-%d')}.\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -436,7 +474,7 @@ fixed costs (im2col, pooling, per-node overhead) to show: 0.97 in an earlier, le
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.75])

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """The benchmark suite: onnxcrit against the pruning criteria users would otherwise pick, at equal counts.
 
-One command: `python tools/bench/run.py` (add `--models lenet5,mlp300` for a subset). It trains and caches the
+One command: `python -m benchmarks.suite` (add `--models lenet5,mlp300` for a subset). It trains and caches the
 MNIST models on first use (models.py), then for every model:
 
 1. Main comparison. onnxcrit's `optimize()` runs in a fresh process with (a) the paper's defaults (10
@@ -18,7 +17,7 @@ MNIST models on first use (models.py), then for every model:
 2. Robustness: 10 calibration batches (seeds 0-9), 1/5/10/20/50 calibration images, lambda, margin and
    threshold sweeps with the L1 curve on the same axes (PNG).
 
-Writes tools/results/bench_suite.md (every row), bench_suite_summary.md (the table the README includes),
+Writes benchmarks/results/bench_suite.md (every row), bench_suite_summary.md (the table the README includes),
 bench_suite.json and bench_suite_pareto.png.
 """
 from __future__ import annotations
@@ -33,19 +32,11 @@ import time
 import numpy as np
 import onnx
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
+from onnxcrit import (compute_scores, keep_by_threshold, keep_first_removed, layer_table, load_network,
+                      removal_order, remove_units, to_scales)
 
-import methods  # noqa: E402
-import models  # noqa: E402
-from results import RESULTS, publish  # noqa: E402
-from onnxcrit import measure, select  # noqa: E402
-from onnxcrit.frontend import load_network  # noqa: E402
-from onnxcrit.rewrite import remove_units  # noqa: E402
-from onnxcrit.scoring import compute_scores  # noqa: E402
-from onnxcrit.validate import run_tensors  # noqa: E402
+from . import methods, models
+from .common import RESULTS, logits, publish
 
 POOL = 5000  # calibration pool: the first images of the training split
 RANDOM_SEEDS = 5
@@ -72,21 +63,19 @@ class Evaluator:
     def __init__(self, case: models.Case):
         self.case = case
         self.net, self.proto = load_network(case.path)
-        before = measure.totals(measure.layer_table(self.net, self.proto))
-        self.params, self.macs = before["params"], before["macs"]
+        self.params, self.macs = totals(self.net, self.proto)
         self.base_pred = self.predict(self.proto, self.net)
         self.base_acc = float(np.mean(self.base_pred == case.y_test) * 100.0)
 
     def predict(self, model, net) -> np.ndarray:
-        logits = run_tensors(model, net.input_name, self.case.x_test, [net.logits_name])[0]
-        return logits.argmax(axis=1)
+        return logits(model, net, self.case.x_test).argmax(axis=1)
 
     def model(self, model, net) -> dict:
         pred = self.predict(model, net)
-        after = measure.totals(measure.layer_table(net, model))
-        return dict(params_removed=1.0 - after["params"] / self.params, macs_removed=1.0 - after["macs"] / self.macs,
+        params, macs = totals(net, model)
+        return dict(params_removed=1.0 - params / self.params, macs_removed=1.0 - macs / self.macs,
                     acc=float(np.mean(pred == self.case.y_test) * 100.0),
-                    agreement=float(np.mean(pred == self.base_pred) * 100.0), params_after=after["params"])
+                    agreement=float(np.mean(pred == self.base_pred) * 100.0), params_after=params)
 
     def scales(self, scales: dict[int, np.ndarray]) -> dict:
         model, net = remove_units(self.proto, self.net, scales)
@@ -94,6 +83,12 @@ class Evaluator:
 
     def keep(self, keep: dict[int, np.ndarray]) -> dict:
         return self.scales({i: k.astype(np.float64) for i, k in keep.items()})
+
+
+def totals(net, model) -> tuple[int, int]:
+    """(parameters as the file stores them, MACs per sample) of the linear layers."""
+    rows = layer_table(net, model)
+    return sum(r["params"] for r in rows), sum(r["macs"] for r in rows)
 
 
 def counts_of(scales: dict[int, np.ndarray]) -> dict[int, int]:
@@ -165,7 +160,7 @@ def ranking(case: models.Case, ev: Evaluator, data_free: dict) -> list[dict]:
     orders = {}
     for label, options in (("onnxcrit (N 10)", {}), ("onnxcrit (N 50, margin 2)", dict(num_samples=50, margin=2.0))):
         res = compute_scores(ev.net, px, py, **options)
-        order = select.removal_order(ev.net, res.scores)  # by score, ties by magnitude: what the budget uses
+        order = removal_order(ev.net, res.scores)  # by score, ties by magnitude: what the budget uses
         rank = {i: np.zeros(len(s)) for i, s in res.scores.items()}
         for position, (layer, unit) in enumerate(order):
             rank[layer][unit] = position
@@ -195,8 +190,8 @@ def _mean_rows(rows: list[dict]) -> dict:
 
 
 def threshold_point(ev: Evaluator, scores, threshold: float = 0.1) -> tuple[dict, dict]:
-    keep = select.keep_by_threshold(ev.net, scores, threshold)
-    ours = ev.scales(select.to_scales(scores, keep, rescale=True))
+    keep = keep_by_threshold(ev.net, scores, threshold)
+    ours = ev.scales(to_scales(scores, keep, rescale=True))
     l1 = ev.keep(methods.keep_top(methods.l1(ev.net), {i: int(k.sum()) for i, k in keep.items()}))
     return ours, l1
 
@@ -224,9 +219,9 @@ def studies(case: models.Case, ev: Evaluator) -> dict:
             out[key].append({key: value, "ours": ours, "l1": l1})
     for key, options in (("order_n10", {}), ("order_n50", dict(num_samples=50, margin=2.0))):
         res = compute_scores(ev.net, px, py, **options)
-        order = select.removal_order(ev.net, res.scores)  # the budget search walks this curve
+        order = removal_order(ev.net, res.scores)  # the budget search walks this curve
         for f in FRACTIONS:
-            keep = select.keep_first_removed(res.scores, order, int(round((1 - f) * len(order))))
+            keep = keep_first_removed(res.scores, order, int(round((1 - f) * len(order))))
             out[key].append(dict(fraction=f, ours=ev.keep(keep)))
     l1_scores = methods.l1(ev.net)
     for f in FRACTIONS:
@@ -431,14 +426,14 @@ def plot(study: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(models.MODELS))
     ap.add_argument("--no-studies", action="store_true", help="only the main comparison")
     ap.add_argument("--out-dir", default=RESULTS)
     args = ap.parse_args(argv)
     names = args.models.split(",")
     clock = time.perf_counter()
-    import tp_importance
+    from . import tp_importance
 
     tp_ok, tp_version = tp_importance.available()
     rows, ranks, study = [], [], {}
@@ -462,7 +457,7 @@ def main(argv=None) -> int:
                f"group, normalised by the layer mean)" if tp_ok else f"Torch-Pruning not installed ({tp_version}): "
                f"its rows are left out")
     text = [
-        "Protocol: tools/bench/run.py (docstring). MNIST models trained on 55,000 training images; accuracy "
+        "Protocol: benchmarks/suite.py (docstring). MNIST models trained on 55,000 training images; accuracy "
         "budgets met on the other 5,000 (validation, shown as 'val.'); every accuracy below on the 10,000 test "
         "images (digits: 450 held-out images, which also serve as validation). Calibration images from the "
         f"first {POOL:,} training images, balanced and correctly classified (seed 0). No fine-tuning anywhere. "
@@ -476,10 +471,10 @@ def main(argv=None) -> int:
         text += [study_tables(study), "", "![accuracy against parameters removed](bench_suite_pareto.png)", ""]
     subset = "" if args.models == ",".join(models.MODELS) else f" --models {args.models}"
     text.append(f"Total {time.perf_counter() - clock:.0f} s on {os.cpu_count()} cores "
-                f"({platform.processor() or platform.machine()}). Command: `python tools/bench/run.py{subset}"
+                f"({platform.processor() or platform.machine()}). Command: `python -m benchmarks.suite{subset}"
                 f"{' --no-studies' if args.no_studies else ''}`")
     summary = ["Test accuracy (%) at onnxcrit's per-layer kept counts, no fine-tuning; best per row in bold. Full "
-               "table with agreement, scoring time and memory: tools/results/bench_suite.md.", "",
+               "table with agreement, scoring time and memory: benchmarks/results/bench_suite.md.", "",
                summary_table(rows), "", *verdicts(rows, ranks, study), ""]
     publish(os.path.join(args.out_dir, "bench_suite_summary.md"), "\n".join(summary), echo=False)
     with open(os.path.join(args.out_dir, "bench_suite.json"), "w") as f:

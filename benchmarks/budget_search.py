@@ -1,18 +1,18 @@
-#!/usr/bin/env python
 """Accuracy-budget search: the IR's float64 numpy forward against onnxruntime on the rewritten candidates.
 
-`select.by_accuracy` measures every candidate selection on the evaluation data. `optimize()` now gives it an
-onnxruntime measure (`api._ort_accuracy`: rewrite with the candidate's scales, run the float32 model); the IR's
-numpy forward was the default before. Both run here on the same scores, in the same process, one after the
-other: seconds, speed-up, and whether they chose the same selection.
+`by_accuracy` measures every candidate selection on the evaluation data. `optimize()` gives it an onnxruntime
+measure: rewrite with the candidate's scales, run the float32 model (`ort_measure` below does the same with the
+public `remove_units` and onnxruntime; the original's accuracy measured once); the IR's numpy forward is
+by_accuracy's default. Both run here on the same scores, in the same process, one after the other: seconds,
+speed-up, and whether they chose the same selection.
 
 Models: LeNet-5 and the 784-512x3 MLP (MNIST, 5,000 validation images, MIP scores, N 10), the digits CNN
-(450 images) and, when tools/bench_vgg.py has cached it, VGG-11 on the 4-class CIFAR subset (800 images;
+(450 images) and, when benchmarks/vgg.py has cached it, VGG-11 on the 4-class CIFAR subset (800 images;
 L1 scores normalised per layer, since its full MIP is out of reach: the search's cost does not depend on
 where the order comes from).
 
-Usage: python tools/bench/budget_search.py [--models lenet5,mlp512,digits_cnn,vgg11]
-Writes tools/results/budget_search.md.
+Usage: python -m benchmarks.budget_search [--models lenet5,mlp512,digits_cnn,vgg11]
+Writes benchmarks/results/budget_search.md.
 """
 from __future__ import annotations
 
@@ -23,19 +23,10 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
+from onnxcrit import by_accuracy, compute_scores, load_network, params_after, remove_units
 
-import methods  # noqa: E402
-import models  # noqa: E402
-from results import RESULTS, publish  # noqa: E402
-from onnxcrit import select  # noqa: E402
-from onnxcrit.api import _ort_accuracy  # noqa: E402
-from onnxcrit.data import Dataset  # noqa: E402
-from onnxcrit.frontend import load_network  # noqa: E402
-from onnxcrit.scoring import compute_scores  # noqa: E402
+from . import methods, models
+from .common import RESULTS, ort_accuracy, publish
 
 VGG = os.path.join(os.path.expanduser("~"), ".cache", "onnxcrit", "bench_vgg11_cifar4.onnx")
 VGG_EVAL = os.path.join(os.path.expanduser("~"), ".cache", "onnxcrit", "bench_vgg_cifar4_eval.npz")
@@ -56,35 +47,51 @@ def case(name: str):
     return models.TITLES[name], net, proto, scores, c.x_val, c.y_val
 
 
+def ort_measure(proto, net, x, y):
+    """scales -> accuracy (%) of the model rewritten with them (None: the original), by onnxruntime."""
+    original: list[float] = []
+
+    def accuracy(scales):
+        if scales is None:
+            if not original:
+                original.append(ort_accuracy(proto, net, x, y))
+            return original[0]
+        model, new_net = remove_units(proto, net, scales)
+        return ort_accuracy(model, new_net, x, y)
+
+    return accuracy
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.budget_search", description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="lenet5,mlp512,digits_cnn,vgg11")
     ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--out", default=os.path.join(RESULTS, "budget_search.md"))
     args = ap.parse_args(argv)
     lines = ["| model | eval images | candidates | numpy float64 s | onnxruntime float32 s | speed-up | "
              "same selection | params kept (numpy / ORT) |", "|" + "---|" * 8]
     for name in args.models.split(","):
         found = case(name)
         if found is None:
-            print(f"{name}: not cached, skipped (run tools/bench_vgg.py first)", file=sys.stderr)
+            print(f"{name}: not cached, skipped (run python -m benchmarks.vgg first)", file=sys.stderr)
             continue
         title, net, proto, scores, x, y = found
         timed = {}
         for engine in ("numpy", "ort"):
-            accuracy_of = _ort_accuracy(proto, net, Dataset(x, y, "eval")) if engine == "ort" else None
+            accuracy_of = ort_measure(proto, net, x, y) if engine == "ort" else None
             clock = time.perf_counter()
-            chosen, closest = select.by_accuracy(net, scores, x, y, args.budget, accuracy_of=accuracy_of)
+            chosen, closest = by_accuracy(net, scores, x, y, args.budget, accuracy_of=accuracy_of)
             timed[engine] = (time.perf_counter() - clock, chosen or closest)
         (t_np, a), (t_ort, b) = timed["numpy"], timed["ort"]
         same = all(np.array_equal(a.scales[i], b.scales[i]) for i in a.scales)
-        params = [select.params_after(net, {i: s > 0 for i, s in sel.scales.items()}) for sel in (a, b)]
+        params = [params_after(net, {i: s > 0 for i, s in sel.scales.items()}) for sel in (a, b)]
         lines.append(f"| {title} | {len(x):,} | {len(b.tried)} | {t_np:.1f} | {t_ort:.1f} | x{t_np / t_ort:.1f} | "
                      f"{'yes' if same else 'no'} | {params[0]:,} / {params[1]:,} |")
         print(lines[-1], file=sys.stderr)
     text = (f"Accuracy budget {args.budget:g} points, rescale tried both ways (the default), one process, "
-            f"{os.cpu_count()} cores; onnxruntime with 1 thread. Command: `python tools/bench/budget_search.py`\n\n"
+            f"{os.cpu_count()} cores; onnxruntime with 1 thread. Command: `python -m benchmarks.budget_search`\n\n"
             + "\n".join(lines) + "\n")
-    publish(os.path.join(RESULTS, "budget_search.md"), text)
+    publish(args.out, text)
     return 0
 
 
