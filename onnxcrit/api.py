@@ -27,7 +27,7 @@ from .validate import check_canonical, check_rewrite, run_tensors
 
 # A run with evaluation data and no budget never silently costs more than this many accuracy points.
 DEFAULT_ACCURACY_BUDGET = 1.0
-# The settings `search` tries, cheapest first (calibration images, hinge margin); tools/bench/ picked this grid.
+# The settings `search` tries, cheapest first (calibration images, hinge margin); benchmarks/suite.py picked this grid.
 SEARCH_GRID = tuple((n, m) for n in (10, 50, 100) for m in (1.0, 2.0, 4.0))
 KEPT_UNITS_KEY = "onnxcrit.kept_units"
 
@@ -402,7 +402,7 @@ def _ort_accuracy(proto: onnx.ModelProto, net: Network, data: Dataset):
 
     The budget search measures its candidates with the engine and the float32 arithmetic the written model is
     checked and deployed with; for convolutions it is also far faster than the IR's float64 numpy forward
-    (tools/bench/budget_search.py). The original's accuracy is measured once and remembered.
+    (benchmarks/budget_search.py). The original's accuracy is measured once and remembered.
     """
     original: list[float] = []
 
