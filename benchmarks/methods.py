@@ -14,6 +14,7 @@ from multiprocessing import get_context
 import numpy as np
 
 from onnxcrit import load_network
+from onnxcrit import magnitude as onnxcrit_magnitude
 
 
 def l1(net, x=None) -> dict[int, np.ndarray]:
@@ -39,20 +40,9 @@ def activation(net, x) -> dict[int, np.ndarray]:
 
 
 def magnitude(net, x=None) -> dict[int, np.ndarray]:
-    """L1 norm of each unit's incoming weights times the L1 norm of its outgoing weights (a channel feeding a
-    dense layer owns a block of its columns); the magnitude onnxcrit breaks ties of its removal order with."""
-    out = {}
-    linear = net.linear_indices()
-    for pos, k in enumerate(linear[:-1]):
-        layer, nxt = net.layers[k], net.layers[linear[pos + 1]]
-        incoming = np.abs(layer.weight).reshape(layer.units, -1).sum(axis=1)
-        w = np.abs(nxt.weight)
-        if nxt.kind == "conv":
-            outgoing = w.sum(axis=(0, 2, 3))
-        else:
-            outgoing = w.sum(axis=0).reshape(layer.units, -1).sum(axis=1)
-        out[k] = incoming * outgoing
-    return out
+    """L1 norm of each unit's incoming weights times the L1 norm of its outgoing weights: the magnitude onnxcrit
+    breaks ties of its removal order with (onnxcrit.magnitude)."""
+    return onnxcrit_magnitude(net)
 
 
 def torch_pruning(net, x=None) -> dict[int, np.ndarray]:

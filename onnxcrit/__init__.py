@@ -14,7 +14,8 @@ or a scale (0 removes the unit; a kept unit's factor is folded into the next lay
   a record whose `scores` is the dict above.
 - selection: `keep_by_threshold(net, scores, threshold, mean_rule=False)` (keep masks) and
   `to_scales(scores, keep, rescale)` (masks -> scales); `removal_order(net, scores)` (the order the budgets
-  remove units in) and `keep_first_removed(scores, order, count)`; `by_accuracy(net, scores, x, y, max_drop,
+  remove units in, ties broken by `magnitude(net)`: L1 of incoming x outgoing weights) and
+  `keep_first_removed(scores, order, count)`; `by_accuracy(net, scores, x, y, max_drop,
   accuracy_of=...)` and `by_params(net, scores, fraction)` (the budgets; each returns (selection or None,
   closest selection), a selection's `scales` the dict above); `round_up(net, scores, scales, multiple,
   rescaled)` (--round-to K: returns (scales, keep)); `params_after(net, keep)` (parameters left).
@@ -38,15 +39,15 @@ from .measure import layer_table, paired_timings
 from .options import DEFAULTS, Options
 from .output import write_model
 from .rewrite import bias_compensation, remove_units
-from .select import (by_accuracy, by_params, keep_by_threshold, keep_first_removed, params_after, removal_order,
-                     round_up, to_scales)
+from .select import (by_accuracy, by_params, keep_by_threshold, keep_first_removed, magnitude, params_after,
+                     removal_order, round_up, to_scales)
 from .validate import check_rewrite
 
-__all__ = ["optimize", "evaluate", "Options", "DEFAULTS", "Result", "write_model", "OnnxcritError", "InputError", "UnsupportedModelError",
-           "SolveError", "BudgetError", "ValidationError",
+__all__ = ["optimize", "evaluate", "Options", "DEFAULTS", "Result", "write_model", "OnnxcritError", "InputError",
+           "UnsupportedModelError", "SolveError", "BudgetError", "ValidationError",
            # the lower-level API (module docstring)
            "load_network", "Network", "compute_scores", "decoupled_scores", "keep_by_threshold", "to_scales",
-           "removal_order", "keep_first_removed", "by_accuracy", "by_params", "round_up", "params_after",
+           "removal_order", "keep_first_removed", "magnitude", "by_accuracy", "by_params", "round_up", "params_after",
            "remove_units", "bias_compensation", "check_rewrite", "layer_table", "paired_timings", "retrain",
            "Progress"]
 __version__ = "0.1.0"
