@@ -176,7 +176,8 @@ def _writable_file(path: Path | None, what: str) -> None:
               help="Solver; auto: HiGHS interior point for the LP, CBC for the MIP.")
 @click.option("--loss", type=click.Choice(LOSSES), default=DEFAULTS.loss, show_default=True,
               help="Loss surrogate: multiclass hinge or log-sum-exp tangents.")
-@click.option("--margin", type=float, default=DEFAULTS.margin, show_default=True, help="Hinge margin; larger keeps more units.")
+@click.option("--margin", type=float, default=DEFAULTS.margin, show_default=True,
+              help="Hinge margin; larger keeps more units.")
 @click.option("--sparsity", type=click.Choice(SPARSITY), default=DEFAULTS.sparsity, show_default=True,
               help="Sparsity term: per-layer mean score or the paper code's.")
 @click.option("--max-accuracy-drop", type=float,
