@@ -114,7 +114,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     scored, chosen, attempts, opts = _score_and_select(opts, plan, loaded, measure_accuracy, progress, timings)
     candidate, latency = _round(loaded.net, loaded.proto, scored.scores, chosen, plan.rule, opts.round_to,
                                 opts.measure_latency, opts.latency_batch, latency_timer, measure_accuracy,
-                                plan.max_drop, opts.target_params, progress, timings)
+                                plan.max_drop, _size_fraction(opts), progress, timings)
     new_model, new_net, shifts, removed_dead = _rewrite(opts, loaded, scored, candidate, progress, timings)
     check = _validate(loaded, new_model, candidate.scales, shifts, progress, timings)
     report = _measure(opts, plan, loaded, scored, chosen, check, new_model, new_net, removed_dead, attempts,
@@ -165,6 +165,8 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     threshold, max_drop, by_default = opts.threshold, opts.max_accuracy_drop, False
     if opts.target_params is not None:
         rule = "parameter budget"
+    elif opts.target_macs is not None:
+        rule = "MAC budget"
     elif max_drop is not None:
         rule = "accuracy budget"
     elif threshold is not None or opts.mean_threshold:
@@ -227,7 +229,7 @@ def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accur
             margin = 2.0 * margin if margin > 0 else 1.0
             progress.note(f"accuracy budget not met; solving again with margin {margin:g}")
     if chosen is None:
-        raise BudgetError(_closest_message(plan.rule, net, closest, plan.max_drop, opts.target_params,
+        raise BudgetError(_closest_message(plan.rule, net, closest, plan.max_drop, _size_fraction(opts),
                                            measure_accuracy))
     for note in chosen.notes:
         progress.note(note)
@@ -360,8 +362,10 @@ def _round(net, proto, scores, chosen, rule, round_to, measure_latency, latency_
         if rule == "accuracy budget":
             cand.accuracy = accuracy_of(cand.scales, built=(cand.model, cand.network))
             cand.meets_budget = accuracy_of(None) - cand.accuracy <= max_drop + 1e-9
-        elif rule == "parameter budget":
-            cand.meets_budget = select.params_after(net, cand.keep) <= target_params * net.params
+        elif rule in ("parameter budget", "MAC budget"):
+            size = "params" if rule == "parameter budget" else "macs"
+            count, total, _ = select.SIZES[size]
+            cand.meets_budget = count(net, cand.keep) <= target_params * total(net)
     report = None
     if measure_latency:
         batches = tuple(sorted({1, int(latency_batch)}))
@@ -383,9 +387,16 @@ def _round(net, proto, scores, chosen, rule, round_to, measure_latency, latency_
     return best, report
 
 
+def _size_fraction(opts: Options) -> float | None:
+    """The fraction a parameter or MAC budget keeps at most (None without one)."""
+    return opts.target_params if opts.target_params is not None else opts.target_macs
+
+
 def _select(plan: _Plan, net, scores, evald, opts: Options, accuracy_of):
-    if plan.rule == "parameter budget":
-        return select.by_params(net, scores, opts.target_params, True if plan.rescale is None else plan.rescale)
+    if plan.rule in ("parameter budget", "MAC budget"):
+        size, fraction = ("params", opts.target_params) if plan.rule == "parameter budget" else \
+            ("macs", opts.target_macs)
+        return select.by_params(net, scores, fraction, True if plan.rescale is None else plan.rescale, size=size)
     if plan.rule == "accuracy budget":
         return select.by_accuracy(net, scores, evald.x, evald.y, plan.max_drop, plan.rescale,
                                   accuracy_of=accuracy_of)
@@ -426,6 +437,10 @@ def _closest_message(rule, net, closest, max_drop, target_params, accuracy) -> s
     if rule == "parameter budget":
         return (f"cannot keep only {target_params:.0%} of the parameters: keeping one unit per layer still leaves "
                 f"{params:,} of {net.params:,} ({params / net.params:.1%})")
+    if rule == "MAC budget":
+        macs = select.macs_after(net, kept)
+        return (f"cannot keep only {target_params:.0%} of the MACs: keeping one unit per layer still leaves "
+                f"{macs:,} of {net.macs:,} ({macs / net.macs:.1%})")
     base, acc = accuracy(None), accuracy(closest.scales)
     return (f"no selection keeps the accuracy drop within {max_drop:g} points; the closest lost "
             f"{base - acc:.2f} points ({base:.2f}% -> {acc:.2f}%) with {params:,} of {net.params:,} parameters")

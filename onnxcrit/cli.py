@@ -183,6 +183,7 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("--max-accuracy-drop", type=float,
               help="Accuracy budget in points on --eval-data [default with it: 1.0].")
 @click.option("--target-params", type=float, help="Keep at most this fraction (0-1] of the parameters.")
+@click.option("--target-macs", type=float, help="Keep at most this fraction (0-1] of the MACs per sample.")
 @click.option("--search", is_flag=True,
               help="With an accuracy budget: try 10/50/100 images x margin 1/2/4, keep the best.")
 @click.option("--compensate-bias", is_flag=True, help="Fold removed units' mean activation into the next bias.")
@@ -212,8 +213,8 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and warnings.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print calibration, solve and logit-change details.")
 def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,
-             eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, search,
-             compensate_bias, rescale, no_latency, round_to, latency_batch, finetune_data, finetune_epochs, seed,
+             eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, target_macs,
+             search, compensate_bias, rescale, no_latency, round_to, latency_batch, finetune_data, finetune_epochs, seed,
              mode, workers, executor, quiet, verbose):
     """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
     from . import api, rounding
@@ -224,7 +225,8 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
                    relax=relax, solver=solver, time_limit=time_limit, seed=seed, mode=mode, workers=workers,
                    executor=executor,
                    search=search, threshold=threshold, mean_threshold=mean_threshold,
-                   max_accuracy_drop=max_accuracy_drop, target_params=target_params, rescale=rescale,
+                   max_accuracy_drop=max_accuracy_drop, target_params=target_params, target_macs=target_macs,
+                   rescale=rescale,
                    compensation=compensate_bias, round_to=round_to, measure_latency=not no_latency,
                    latency_batch=latency_batch, finetune_epochs=finetune_epochs)
     if quiet and verbose:

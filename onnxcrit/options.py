@@ -43,6 +43,7 @@ class Options:
     mean_threshold: bool = False
     max_accuracy_drop: float | None = None  # points on the evaluation data
     target_params: float | None = None  # fraction of the parameters to keep at most
+    target_macs: float | None = None  # fraction of the MACs per sample to keep at most
     rescale: bool | None = None  # kept units at their score (True), full strength (False), or the better
     compensation: bool = False  # fold removed units' mean activation into the next bias
     # deployment
@@ -83,8 +84,10 @@ class Options:
                f"max accuracy drop must be in [0, 100] points, got {self.max_accuracy_drop}")
         yield (self.target_params is not None and not (0 < self.target_params <= 1),
                f"target params must be a fraction in (0, 1], got {self.target_params}")
-        yield (self.max_accuracy_drop is not None and self.target_params is not None,
-               "give either an accuracy budget or a parameter budget, not both")
+        yield (self.target_macs is not None and not (0 < self.target_macs <= 1),
+               f"target MACs must be a fraction in (0, 1], got {self.target_macs}")
+        yield (sum(v is not None for v in (self.max_accuracy_drop, self.target_params, self.target_macs)) > 1,
+               "give one budget: an accuracy budget, a parameter budget or a MAC budget")
         yield (not _whole(self.latency_batch, 1),
                f"latency batch must be an integer >= 1, got {self.latency_batch!r}")
         yield (not _whole(self.finetune_epochs, 1), f"finetune epochs must be >= 1, got {self.finetune_epochs}")

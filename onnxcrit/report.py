@@ -208,6 +208,11 @@ def selection_text(report: dict) -> str:
         return (f"parameter budget {fraction:.0%}: removed the {removed:,} lowest-scored units (of {scored:,}) until "
                 f"at most {fraction:.0%} of the parameters remained (kept "
                 f"{report['params_after'] / report['params_before']:.1%})")
+    if rule == "MAC budget":
+        fraction = options.get("target_macs")
+        return (f"MAC budget {fraction:.0%}: removed the {removed:,} lowest-scored units (of {scored:,}) until at "
+                f"most {fraction:.0%} of the multiply-accumulates remained (kept "
+                f"{report['macs_after'] / report['macs_before']:.1%})")
     if rule == "mean score":
         return (f"mean-score rule: units scoring below their layer's mean score removed ({removed:,} of "
                 f"{scored:,} units)")

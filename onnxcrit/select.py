@@ -191,24 +191,43 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
     return (as_selection(best) if best is not None else None), as_selection(closest)
 
 
+def macs_after(net: Network, keep: dict[int, np.ndarray]) -> int:
+    """Multiply-accumulates per sample of the linear layers left when only the `keep` units stay."""
+    total = 0
+    for i in net.linear_indices():
+        layer = net.layers[i]
+        outs = int(keep[i].sum()) if i in keep else layer.units
+        ins = int(input_mask(net, i, keep).sum())
+        per = int(np.prod(layer.weight.shape[2:])) * int(np.prod(layer.out_hw)) if layer.kind == "conv" else 1
+        total += outs * ins * per
+    return total
+
+
+# what a size budget counts: name -> (count after a selection, count of the network, rule name)
+SIZES = {"params": (params_after, lambda net: net.params, "parameter budget"),
+         "macs": (macs_after, lambda net: net.macs, "MAC budget")}
+
+
 def by_params(net: Network, scores: dict[int, np.ndarray], fraction: float,
-              rescale: bool = True) -> tuple[Selection | None, Selection]:
-    """Remove the lowest-scored units (across layers) until at most `fraction` of the parameters remain.
+              rescale: bool = True, size: str = "params") -> tuple[Selection | None, Selection]:
+    """Remove the lowest-scored units (across layers) until at most `fraction` of the parameters (size
+    "params") or of the MACs per sample (size "macs") remain.
 
     Returns (the selection meeting the budget or None, the smallest selection reached).
     """
-    limit = fraction * net.params
+    count, total, rule = SIZES[size]
+    limit = fraction * total(net)
     keep = {i: np.ones(len(s), dtype=bool) for i, s in scores.items()}
     for layer, unit in removal_order(net, scores):
-        if params_after(net, keep) <= limit:
+        if count(net, keep) <= limit:
             break
         if keep[layer].sum() > 1:  # never remove the last unit of a layer
             keep[layer][unit] = False
-    params = params_after(net, keep)
-    tried = [{"fraction": fraction, "params_after": params, "params_before": net.params}]
-    sel = Selection(scales=to_scales(scores, keep, rescale), rule="parameter budget", tried=tried,
-                    rescaled=bool(rescale))
-    return (sel if params <= limit else None), sel
+    reached = count(net, keep)
+    tried = [{"fraction": fraction, f"{size}_after": reached, f"{size}_before": total(net),
+              "params_after": params_after(net, keep)}]
+    sel = Selection(scales=to_scales(scores, keep, rescale), rule=rule, tried=tried, rescaled=bool(rescale))
+    return (sel if reached <= limit else None), sel
 
 
 def round_up(net: Network, scores: dict[int, np.ndarray], scales: dict[int, np.ndarray], multiple: int,

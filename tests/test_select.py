@@ -123,3 +123,32 @@ def test_unreachable_accuracy_budget_retries_with_wider_margins_then_fails():
     assert [n for n in progress.notes if "solving again" in n] == [
         "accuracy budget not met; solving again with margin 2",
         "accuracy budget not met; solving again with margin 4"]
+
+
+def test_mac_budget_counts_what_the_rewritten_model_computes(tmp_path):
+    """macs_after equals the MACs of the rewritten network for any keep masks, and --target-macs keeps at most
+    that fraction of them (the report says so in words); a second budget is refused in one line."""
+    from click.testing import CliRunner
+
+    from onnxcrit import api
+    from onnxcrit.cli import main
+    from onnxcrit.frontend import load_network
+    from onnxcrit.rewrite import remove_units, scales_from_keep
+
+    from .corpus import ROOT
+    model = ROOT / "models" / "digits_cnn.onnx"
+    net, proto = load_network(model)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        keep = {k: rng.random(net.layers[k].units) < 0.6 for k in net.scored_indices()}
+        for k in keep:
+            keep[k][0] = True
+        _, new_net = remove_units(proto, net, scales_from_keep(keep))
+        assert select.macs_after(net, keep) == new_net.macs
+    calib = ROOT / "models" / "digits_cnn_calib.npz"
+    result = api.optimize(model, calib, target_macs=0.5, measure_latency=False)
+    assert result.report["selection"]["rule"] == "MAC budget"
+    assert result.report["macs_after"] <= 0.5 * result.report["macs_before"]
+    res = CliRunner().invoke(main, ["optimize", str(model), "--data", str(calib), "--target-macs", "0.5",
+                                    "--target-params", "0.5", "-o", str(tmp_path / "o.onnx")])
+    assert res.exit_code == 2 and "give one budget" in res.output and not (tmp_path / "o.onnx").exists()
