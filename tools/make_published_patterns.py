@@ -26,8 +26,11 @@ Patterns of old exporters (CNTK's model-zoo mnist-8 at opset 8, torch 0.4/1.0's 
 its pads as an initializer input at opset 11) are built with onnx.helper, node for node as those exporters
 wrote them, from the weights of a model trained here with torch.
 
-Deterministic: fixed seeds, one thread, deterministic algorithms, fixed zip timestamps; running it twice gives
-the same bytes (check with ``sha256sum tests/data/published/*``).
+Deterministic: fixed seeds, one thread, deterministic algorithms, fixed zip timestamps, PYTHONHASHSEED=0 and
+a reset name counter for tf2onnx; running it twice gives the same bytes (check with ``sha256sum
+tests/data/published/*``) for every file but keras3_cnn_nhwc.onnx, where tf2onnx's merge of duplicated
+constants keeps either of two equal int64 [0] constants from run to run (one name and the initializer order
+change; the graph and the weights do not).
 
 Usage (from the repository root):
        python -m tools.make_published_patterns [--out DIR] [--only NAME ...] [--tf-python PY] [--no-keras]
