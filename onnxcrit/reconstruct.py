@@ -47,6 +47,7 @@ MAX_ELEMENTS = 1 << 24  # ... and at most this many activation values per layer 
 CHUNK = 256  # images per forward / Gram step
 MERGE_MIN_COSINE = 0.0  # merge a removed unit only into a kept one at least this similar
 CACHE = 8  # builds the Reconstructor remembers (the search measures a candidate, then rounds and writes it)
+CACHE_VALUES = 1 << 25  # the Reconstructor keeps the unpruned activations when they are at most this many values
 
 
 @dataclass
@@ -69,41 +70,76 @@ class Reconstruction:
         return replace(net, layers=layers)
 
 
-def reconstruct(net: Network, scales: dict[int, np.ndarray], x: np.ndarray, method: str = "lsq", *,
-                keep: dict[int, np.ndarray] | None = None, damp: float = DAMP) -> Reconstruction:
+def reconstruct(net: Network, scales: dict[int, np.ndarray], x: np.ndarray | None, method: str = "lsq", *,
+                keep: dict[int, np.ndarray] | None = None, damp: float = DAMP,
+                unpruned: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> Reconstruction:
     """Fit the layers after the scored layers of `scales` (a selection: 0 removes a unit, a positive factor
-    scales it) on the inputs x, by `method` (one of METHODS). keep: the units that stay in the graph (default
-    scale > 0; `select.round_up` keeps some at scale 0). Layers after which nothing changed are left out."""
+    scales it) on the inputs x, by `method` (one of METHODS; none and merge use no data, x may be None). keep:
+    the units that stay in the graph (default scale > 0; `select.round_up` keeps some at scale 0). unpruned:
+    `unpruned_activations(net, x)`, when the caller fits many selections on the same x. Layers after which
+    nothing changed are left out."""
     if method not in METHODS:
         raise ValueError(f"unknown reconstruction {method!r}; expected one of {', '.join(METHODS)}")
     scales = _checked_scales(net, scales)
     keep = _checked_keep(scales, keep)
     factors = {k: np.where(keep[k], scales[k], 0.0) for k in scales}
+    changed = {k for k in scales if not (keep[k].all() and np.all(factors[k] == 1.0))}
+    if method in ("none", "merge"):
+        return Reconstruction(method, keep, _data_free(net, method, keep, factors, changed))
     layers = list(net.layers)
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    ref = cur = np.asarray(x, dtype=np.float64).reshape(-1, *net.input_shape)
-    changed, previous = False, None  # previous: the last scored layer passed
-    scored = set(net.scored_indices())
+    ref = None if unpruned is not None else np.asarray(x, dtype=np.float64).reshape(-1, *net.input_shape)
+    cur = None  # the pruned network's activations, from the first change on
+    previous, scored = None, set(net.scored_indices())  # previous: the last scored layer passed
     for i, layer in enumerate(net.layers):
-        if layer.kind in LINEAR_KINDS and previous is not None and changed:
-            k = previous
-            n, cols, _ = _columns_of_next(net, k)
+        cached = unpruned[i] if unpruned is not None and i in unpruned else None
+        if cur is not None and layer.kind in LINEAR_KINDS:  # something upstream changed: fit this layer
+            n, cols, _ = _columns_of_next(net, previous)
             assert n == i
-            weight, bias, ref = _fit(method, layer, layers[k], ref, cur, factors.get(k, np.ones(layers[k].units)),
-                                     keep.get(k, np.ones(layers[k].units, dtype=bool)), cols, damp)
+            units = layers[previous].units
+            weight, bias, target = _fit(method, layer, cached[0] if cached else ref, cur,
+                                        factors.get(previous, np.ones(units)),
+                                        keep.get(previous, np.ones(units, dtype=bool)), cols, damp,
+                                        cached[1] if cached else None)
             layers[i] = replace(layer, weight=weight, bias=bias)
             out[i] = (weight, bias)
             cur = _forward(layers[i], cur)
+            ref = None if unpruned is not None else target
         else:
-            ref = _forward(layer, ref)
-            cur = _forward(layer, cur) if changed else ref
+            ref = None if unpruned is not None else _forward(layer, ref)
+            cur = None if cur is None else _forward(layer, cur)
         if i in scored:
             previous = i
-            if i in keep:
-                mask = keep[i]
-                cur = cur * mask.astype(np.float64).reshape((1, -1) + (1,) * (cur.ndim - 2))
-                changed = changed or not (mask.all() and np.all(factors[i] == 1.0))
+        if i in scales and (cur is not None or i in changed):
+            base = cur if cur is not None else (cached[1] if cached else ref)
+            cur = base * keep[i].astype(np.float64).reshape((1, -1) + (1,) * (base.ndim - 2))
     return Reconstruction(method=method, keep=keep, layers=out)
+
+
+def unpruned_activations(net: Network, x: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per linear layer: (its input, its output) in the unpruned network on x, float64."""
+    h = np.asarray(x, dtype=np.float64).reshape(-1, *net.input_shape)
+    out = {}
+    for i, layer in enumerate(net.layers):
+        before, h = h, _forward(layer, h)
+        if layer.kind in LINEAR_KINDS:
+            out[i] = (before, h)
+    return out
+
+
+def _data_free(net: Network, method: str, keep, factors, changed) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """none and merge: the next layer of every changed scored layer, its selection folded in (and merged)."""
+    layers = list(net.layers)
+    out = {}
+    for k in sorted(changed):
+        n, cols, _ = _columns_of_next(net, k)
+        layer = net.layers[n]
+        weight = layer.weight * factors[k][cols].reshape((1, -1) + (1,) * (layer.weight.ndim - 2))
+        if method == "merge":
+            weight = _merge(layer, layers[k], weight, keep[k], cols)
+        layers[n] = replace(layer, weight=weight)
+        out[n] = (weight, layer.bias.copy())
+    return out
 
 
 def write(model: onnx.ModelProto, net: Network, recon: Reconstruction,
@@ -208,6 +244,11 @@ class Reconstructor:
         self.model, self.net, self.method, self.damp, self.measure = model, net, method, damp, measure
         self.x = stats_images(net, x, seed)
         self.gains = weight_gains(model, net) if method != "none" else {}
+        # the unpruned network's activations are the same for every selection: kept when they are small enough
+        linear = [net.layers[i] for i in net.linear_indices()]
+        size = len(self.x) * sum(int(np.prod(layer.in_shape)) + int(np.prod(layer.out_shape)) for layer in linear)
+        self.unpruned = unpruned_activations(net, self.x) if method in ("auto", "bias", "scale", "lsq") \
+            and size <= CACHE_VALUES else None
         self._cache: OrderedDict = OrderedDict()
 
     def build(self, scales: dict[int, np.ndarray], keep: dict[int, np.ndarray] | None = None) -> Built:
@@ -256,7 +297,7 @@ class Reconstructor:
             model, network = remove_units(self.model, self.net, scales, keep=keep)
             return Built(method, model, network, self.net, {k: np.asarray(v, dtype=np.float64)
                                                              for k, v in scales.items()})
-        recon = reconstruct(self.net, scales, self.x, method, keep=keep, damp=self.damp)
+        recon = reconstruct(self.net, scales, self.x, method, keep=keep, damp=self.damp, unpruned=self.unpruned)
         model, network = write(self.model, self.net, recon, self.gains)
         return Built(method, model, network, recon.network(self.net), recon.scales())
 
@@ -264,19 +305,18 @@ class Reconstructor:
 # ---------------------------------------------------------------------------------------------------------
 # the fits
 
-def _fit(method: str, layer, source, ref: np.ndarray, cur: np.ndarray, factor: np.ndarray, keep: np.ndarray,
-         cols: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """New (weight, bias) of linear `layer` (fed by scored layer `source`, whose units own the input columns
-    `cols`) from its unpruned inputs `ref` and pruned inputs `cur`; also returns the unpruned pre-activation."""
+def _fit(method: str, layer, ref: np.ndarray, cur: np.ndarray, factor: np.ndarray, keep: np.ndarray,
+         cols: np.ndarray, damp: float, target: np.ndarray | None = None
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """New (weight, bias) of linear `layer` (whose input columns the units of the scored layer before it own as
+    `cols`) from its unpruned inputs `ref` and pruned inputs `cur`; also returns the unpruned pre-activation
+    (`target`, when the caller has it)."""
     units = layer.units
     start = layer.weight * factor[cols].reshape((1, -1) + (1,) * (layer.weight.ndim - 2))  # the selection's
-    if method in ("none", "merge"):
-        weight = start if method == "none" else _merge(layer, source, start, keep, cols)
-        return weight, layer.bias.copy(), _forward(layer, ref)
     per_col = int(np.prod(layer.weight.shape[2:])) if layer.kind == "conv" else 1
     owner = np.repeat(cols, per_col)  # the unit of `source` each feature (column or channel x window) belongs to
     kept = np.flatnonzero(keep[owner])
-    rows, sum_x, sum_z, gram, cross, target = _statistics(layer, ref, cur)
+    rows, sum_x, sum_z, gram, cross, target = _statistics(layer, ref, cur, target)
     mean_x, mean_z = sum_x / rows, sum_z / rows
     gram = gram - rows * np.outer(mean_x, mean_x)  # centred: the bias absorbs the means
     cross = cross - rows * np.outer(mean_z, mean_x)
@@ -313,24 +353,28 @@ def _damping(gram: np.ndarray, damp: float) -> float:
     return lam if lam > 0 else 1.0  # inputs that never vary: any positive damping keeps the start weights
 
 
-def _statistics(layer, ref: np.ndarray, cur: np.ndarray):
+def _statistics(layer, ref: np.ndarray, cur: np.ndarray, target: np.ndarray | None = None):
     """Over the rows of the linear map (images, and output positions of a conv): the count, the sums of the
-    pruned inputs x and of the unpruned pre-activation z, X'X, Z'X; and z itself, as the layer's output."""
+    pruned inputs x and of the unpruned pre-activation z, X'X, Z'X; and z itself (`target` when given), as the
+    layer's output."""
     features = int(np.prod(layer.weight.shape[1:]))
     w = layer.weight.reshape(layer.units, features)
     rows, sum_x, sum_z = 0, np.zeros(features), np.zeros(layer.units)
     gram, cross = np.zeros((features, features)), np.zeros((layer.units, features))
     outputs = []
-    for start in range(0, len(ref), CHUNK):
-        d_ref, d_cur = _design(layer, ref[start:start + CHUNK]), _design(layer, cur[start:start + CHUNK])
-        z = d_ref @ w.T + layer.bias
+    for start in range(0, len(cur), CHUNK):
+        d_cur = _design(layer, cur[start:start + CHUNK])
+        if target is None:
+            z = _design(layer, ref[start:start + CHUNK]) @ w.T + layer.bias
+            outputs.append(_unrows(layer, z, min(CHUNK, len(cur) - start)))
+        else:
+            z = _rows(layer, target[start:start + CHUNK])
         rows += len(d_cur)
         sum_x += d_cur.sum(axis=0)
         sum_z += z.sum(axis=0)
         gram += d_cur.T @ d_cur
         cross += z.T @ d_cur
-        outputs.append(_unrows(layer, z, min(CHUNK, len(ref) - start)))
-    return rows, sum_x, sum_z, gram, cross, np.concatenate(outputs)
+    return rows, sum_x, sum_z, gram, cross, (target if target is not None else np.concatenate(outputs))
 
 
 def _design(layer, h: np.ndarray) -> np.ndarray:
@@ -340,6 +384,13 @@ def _design(layer, h: np.ndarray) -> np.ndarray:
     cols = _gather_patches(h, layer.patches(), 0.0)  # [N, C, P, K]
     n, c, p, k = cols.shape
     return cols.transpose(0, 2, 1, 3).reshape(n * p, c * k)
+
+
+def _rows(layer, z: np.ndarray) -> np.ndarray:
+    """A layer's output [N, units(, oh, ow)] as rows [N(*P), units], the order of `_design`."""
+    if layer.kind == "dense":
+        return z
+    return z.reshape(len(z), layer.units, -1).transpose(0, 2, 1).reshape(-1, layer.units)
 
 
 def _unrows(layer, z: np.ndarray, n: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from onnxcrit.cli import main
 from onnxcrit.errors import InputError
 from onnxcrit.frontend import load_network, to_network
 from onnxcrit.options import Options
-from onnxcrit.reconstruct import METHODS, Reconstructor, reconstruct, weight_gains, write
+from onnxcrit.reconstruct import METHODS, Reconstructor, reconstruct, unpruned_activations, weight_gains, write
 from onnxcrit.rewrite import bias_compensation, remove_units
 from onnxcrit.tolerance import assert_same
 from onnxcrit.validate import check_rewrite, run_tensors
@@ -84,6 +84,21 @@ def test_random_cnns_are_written_as_reconstructed(seed, channels, pool, bias, bn
     net = to_network(model)
     x = sample_inputs(model, 6, seed=seed)
     assert_written_exactly(model, net, random_selection(net, data), x, method)
+
+
+@pytest.mark.parametrize("method", FITTED)
+def test_cached_unpruned_activations_give_the_same_fit(method):
+    model = cnn(channels=(3, 4), dense=(5, 3), seed=7)
+    net = to_network(model)
+    x = sample_inputs(model, 30, seed=7)
+    scales = halves(net, 7)
+    scales[net.scored_indices()[0]] = np.ones(3)  # the first change is in the second layer
+    plain = reconstruct(net, scales, x, method).layers
+    cached = reconstruct(net, scales, None, method, unpruned=unpruned_activations(net, x)).layers
+    assert sorted(plain) == sorted(cached) and sorted(plain) == net.linear_indices()[2:]
+    for n in plain:
+        np.testing.assert_allclose(plain[n][0], cached[n][0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(plain[n][1], cached[n][1], rtol=1e-12, atol=1e-12)
 
 
 def test_units_kept_at_scale_zero_are_fitted_inputs():
