@@ -62,7 +62,14 @@ def run(case, net, proto, scores, rescale, method: str, budget: float, damp: flo
     keep = {i: s > 0 for i, s in sel.scales.items()}
     return {"removed": 1.0 - select.params_after(net, keep) / net.params, "met": chosen is not None,
             "val": accuracy_of(sel.scales), "test": _model_accuracy(built.model, built.network, test, net.input_dtype),
-            "applied": built.method, "seconds": seconds, "candidates": len(sel.tried)}
+            "applied": built.method, "seconds": seconds, "candidates": len(sel.tried), "scales": sel.scales,
+            "builder": builder}
+
+
+def test_accuracy(case, net, builder, scales) -> float:
+    """Test accuracy of a given selection rewritten with this builder's reconstruction."""
+    built = builder.build(scales)
+    return _model_accuracy(built.model, built.network, Dataset(case.x_test, case.y_test, "test"), net.input_dtype)
 
 
 def main(argv=None) -> int:
@@ -73,21 +80,27 @@ def main(argv=None) -> int:
     ap.add_argument("--damp", type=float, default=DAMP, help="lsq and scale damping (reconstruct.DAMP)")
     ap.add_argument("--out", default=os.path.join(RESULTS, "reconstruct.md"))
     args = ap.parse_args(argv)
-    methods = args.methods.split(",")
-    lines = ["| model | test acc. before | ranking | " + " | ".join(methods) + " |", "|" + "---|" * (3 + len(methods))]
+    methods = ["none"] + [m for m in args.methods.split(",") if m != "none"]
+    lines = ["| model | val. / test acc. before | ranking | " + " | ".join(methods) + " |",
+             "|" + "---|" * (3 + len(methods))]
+    same = ["| model | ranking | units removed | params removed | " + " | ".join(methods) + " |",
+            "|" + "---|" * (4 + len(methods))]
     notes = []
     start = time.perf_counter()
     for name in args.models.split(","):
         case = models.load_case(name)
         net, proto = load_network(case.path)
         base = _model_accuracy(proto, net, Dataset(case.x_test, case.y_test, "test"), net.input_dtype)
+        base_val = _model_accuracy(proto, net, Dataset(case.x_val, case.y_val, "val"), net.input_dtype)
         clock = time.perf_counter()
         mip = compute_scores(net, case.x_pool[:POOL], case.y_pool[:POOL]).scores
         print(f"{name}: MIP scores in {time.perf_counter() - clock:.1f} s", file=sys.stderr)
         for ranking, scores, rescale in (("MIP", mip, None), ("L1", select.magnitude(net), False)):
-            cells = []
+            cells, at_none, plain = [], [], None
             for method in methods:
                 r = run(case, net, proto, scores, rescale, method, args.budget, args.damp)
+                plain = plain or r
+                at_none.append(f"{test_accuracy(case, net, r['builder'], plain['scales']):.2f}")
                 cell = f"{100 * r['removed']:.1f}% / {r['test']:.2f}" + ("" if r["met"] else " (unmet)")
                 if method == "auto":
                     cell += f" ({r['applied']})"
@@ -96,14 +109,20 @@ def main(argv=None) -> int:
                       f"{r['test']:.2f}, applied {r['applied']}, {r['candidates']} candidates, {r['seconds']:.1f} s",
                       file=sys.stderr, flush=True)
                 notes.append(f"{name} {ranking} {method}: {r['seconds']:.1f} s, {r['candidates']} candidates")
-            lines.append(f"| {models.TITLES[name]} | {base:.2f} | {ranking} | " + " | ".join(cells) + " |")
+            lines.append(f"| {models.TITLES[name]} | {base_val:.2f} / {base:.2f} | {ranking} | " + " | ".join(cells)
+                         + " |")
+            units = sum(int(np.sum(s == 0)) for s in plain["scales"].values())
+            same.append(f"| {models.TITLES[name]} | {ranking} | {units} | {100 * plain['removed']:.1f}% | "
+                        + " | ".join(at_none) + " |")
     text = (f"Parameters removed / test accuracy (%) under a {args.budget:g}-point accuracy budget on the validation "
             f"data, per reconstruction (`--reconstruct`); the same budget search with the MIP's ranking and with L1 "
             f"magnitude. auto: the method it picked for the written selection. Damping {args.damp:g}. No fine-tuning, no "
             f"rounding. "
             f"{os.cpu_count()} cores, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
             f"{time.perf_counter() - start:.0f} s in all. Command: `python tools/bench/reconstruct.py`\n\n"
-            + "\n".join(lines) + "\n\nSeconds per budget search (reconstruction included):\n\n"
+            + "\n".join(lines) + "\n\nTest accuracy (%) of the selection `none` made (the same units removed), per "
+            "reconstruction (auto: picked on the validation data):\n\n" + "\n".join(same)
+            + "\n\nSeconds per budget search (reconstruction included):\n\n"
             + "\n".join(f"- {n}" for n in notes) + "\n")
     publish(args.out, text)
     return 0
