@@ -15,7 +15,7 @@ Digits models: validation = test = models/*_eval.npz (their only held-out data);
 5,000 training images, test = the 10,000 test images (tools/bench/models.py).
 
 Usage: OPENBLAS_NUM_THREADS=1 python tools/bench/reconstruct.py [--models digits_mlp,digits_cnn,lenet5,mlp512]
-       [--methods none,bias,scale,lsq,merge,auto] [--budget 1.0] [--damp 0.01]
+       [--methods none,bias,scale,lsq,merge,auto] [--rankings MIP,L1] [--budget 1.0] [--damp 0.01] [--images N]
 Writes tools/results/reconstruct.md.
 """
 from __future__ import annotations
@@ -45,11 +45,11 @@ from onnxcrit.validate import check_rewrite  # noqa: E402
 POOL = 5000  # MNIST calibration pool (as tools/bench/budget_search.py)
 
 
-def run(case, net, proto, scores, rescale, method: str, budget: float, damp: float) -> dict:
+def run(case, net, proto, scores, rescale, method: str, budget: float, damp: float, images: int) -> dict:
     val = Dataset(case.x_val, case.y_val, "validation")
     test = Dataset(case.x_test, case.y_test, "test")
     clock = time.perf_counter()
-    builder = Reconstructor(proto, net, method, case.x_pool[:POOL], damp=damp,
+    builder = Reconstructor(proto, net, method, case.x_pool[:min(POOL, images)], damp=damp,
                             measure=lambda m, n: _model_accuracy(m, n, val, net.input_dtype))
     accuracy_of = _ort_accuracy(proto, net, val, builder.rewrite)
     chosen, closest = select.by_accuracy(net, scores, val.x, val.y, budget, rescale, accuracy_of=accuracy_of)
@@ -76,8 +76,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="digits_mlp,digits_cnn,lenet5,mlp512")
     ap.add_argument("--methods", default="none,bias,scale,lsq,merge,auto")
+    ap.add_argument("--rankings", default="MIP,L1")
     ap.add_argument("--budget", type=float, default=1.0)
     ap.add_argument("--damp", type=float, default=DAMP, help="lsq and scale damping (reconstruct.DAMP)")
+    ap.add_argument("--images", type=int, default=POOL, help="reconstruction statistics on the first N pool images")
     ap.add_argument("--out", default=os.path.join(RESULTS, "reconstruct.md"))
     args = ap.parse_args(argv)
     methods = ["none"] + [m for m in args.methods.split(",") if m != "none"]
@@ -95,10 +97,12 @@ def main(argv=None) -> int:
         clock = time.perf_counter()
         mip = compute_scores(net, case.x_pool[:POOL], case.y_pool[:POOL]).scores
         print(f"{name}: MIP scores in {time.perf_counter() - clock:.1f} s", file=sys.stderr)
-        for ranking, scores, rescale in (("MIP", mip, None), ("L1", select.magnitude(net), False)):
+        rankings = {"MIP": (mip, None), "L1": (select.magnitude(net), False)}
+        for ranking in args.rankings.split(","):
+            scores, rescale = rankings[ranking]
             cells, at_none, plain = [], [], None
             for method in methods:
-                r = run(case, net, proto, scores, rescale, method, args.budget, args.damp)
+                r = run(case, net, proto, scores, rescale, method, args.budget, args.damp, args.images)
                 plain = plain or r
                 at_none.append(f"{test_accuracy(case, net, r['builder'], plain['scales']):.2f}")
                 cell = f"{100 * r['removed']:.1f}% / {r['test']:.2f}" + ("" if r["met"] else " (unmet)")
@@ -116,7 +120,8 @@ def main(argv=None) -> int:
                         + " | ".join(at_none) + " |")
     text = (f"Parameters removed / test accuracy (%) under a {args.budget:g}-point accuracy budget on the validation "
             f"data, per reconstruction (`--reconstruct`); the same budget search with the MIP's ranking and with L1 "
-            f"magnitude. auto: the method it picked for the written selection. Damping {args.damp:g}. No fine-tuning, no "
+            f"magnitude. auto: the method it picked for the written selection. Damping {args.damp:g}; statistics on "
+            f"{'the pool' if args.images >= POOL else f'{args.images} images'}. No fine-tuning, no "
             f"rounding. "
             f"{os.cpu_count()} cores, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
             f"{time.perf_counter() - start:.0f} s in all. Command: `python tools/bench/reconstruct.py`\n\n"
