@@ -246,10 +246,12 @@ def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accur
 
 def _reconstructor(opts: Options, loaded: _Loaded) -> Reconstructor | None:
     """The rewrite with reconstruction (statistics on the calibration file's images; `auto` compares the methods
-    on the accuracy data), or None without one."""
+    on the evaluation data), or None without one."""
     if opts.reconstruct == "none":
         return None
-    data = loaded.evald if loaded.evald is not None else loaded.calib
+    data = loaded.evald
+    if opts.reconstruct == "auto" and data is None:  # the calibration images are what the fits were made on
+        raise InputError("--reconstruct auto compares the methods on held-out data; give --eval-data")
     return Reconstructor(loaded.proto, loaded.net, opts.reconstruct, loaded.calib.x, seed=opts.seed,
                          measure=lambda model, network: _model_accuracy(model, network, data, loaded.net.input_dtype))
 

@@ -337,5 +337,7 @@ def test_options_and_flag():
     with pytest.raises(InputError, match="exclude each other"):
         Options(reconstruct="lsq", compensation=True)
     assert Options().reconstruct == "none"
+    with pytest.raises(InputError, match="give --eval-data"):
+        onnxcrit.optimize(MLP, ROOT / "models" / "digits_mlp_calib.npz", reconstruct="auto", measure_latency=False)
     res = CliRunner().invoke(main, ["optimize", "--help"])
     assert "--reconstruct" in res.output and "lsq" in res.output
