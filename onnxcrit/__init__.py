@@ -21,6 +21,9 @@ or a scale (0 removes the unit; a kept unit's factor is folded into the next lay
   rescaled)` (--round-to K: returns (scales, keep)); `params_after(net, keep)` (parameters left).
 - rewrite: `remove_units(model, net, scales, compensation=None, keep=None) -> (smaller model, its Network)`;
   `bias_compensation(net, x, scales)` (--compensate-bias: the `compensation` argument).
+- reconstruction: `Reconstructor(model, net, method, x, measure=..., damp=...)` (--reconstruct: its `rewrite`
+  has `remove_units`' signature and refits the layer after each scored one; `reference(scales, keep)` gives
+  the network validation compares against).
 - validation: `check_rewrite(original, rewritten, net, scales, [x, ...], y)` -> a report with `ok`, `reasons`,
   `agreement`, `accuracy_before`/`_after` (fractions), logit differences.
 - measurement: `layer_table(net, model)` (per linear layer: name, kind, units, params as stored, MACs) and
@@ -38,6 +41,7 @@ from .ir import Network
 from .measure import layer_table, paired_timings
 from .options import DEFAULTS, Options
 from .output import write_model
+from .reconstruct import Reconstructor
 from .rewrite import bias_compensation, remove_units
 from .select import (by_accuracy, by_params, keep_by_threshold, keep_first_removed, magnitude, params_after,
                      removal_order, round_up, to_scales)
@@ -48,7 +52,7 @@ __all__ = ["optimize", "evaluate", "Options", "DEFAULTS", "Result", "write_model
            # the lower-level API (module docstring)
            "load_network", "Network", "compute_scores", "decoupled_scores", "keep_by_threshold", "to_scales",
            "removal_order", "keep_first_removed", "magnitude", "by_accuracy", "by_params", "round_up", "params_after",
-           "remove_units", "bias_compensation", "check_rewrite", "layer_table", "paired_timings", "retrain",
+           "remove_units", "bias_compensation", "Reconstructor", "check_rewrite", "layer_table", "paired_timings", "retrain",
            "Progress"]
 __version__ = "0.1.0"
 

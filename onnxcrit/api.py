@@ -22,6 +22,7 @@ from .errors import BudgetError, InputError, OnnxcritError, SolveError, naming
 from .frontend import load_model, load_network
 from .ir import INPUT_STAGE_KINDS, Network
 from .options import DEFAULTS, Options
+from .reconstruct import Reconstructor
 from .rewrite import bias_compensation, dead_units, remove_units
 from .validate import check_canonical, check_rewrite, run_tensors
 
@@ -98,6 +99,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     budget, solve with every setting of SEARCH_GRID and keep the one that removes the most within the budget.
     `round_to`: conv layers' kept channels rounded up to a multiple of it; "auto" (with `measure_latency`)
     times K in rounding.ROUNDINGS against the original on this machine and keeps the fastest within the budget.
+    `reconstruct`: refit the layers after the pruned ones (reconstruct.METHODS, or "auto": the most accurate)
+    for every candidate the selection measures, so it selects on the reconstructed accuracy.
     latency_timer(models, batch) -> seconds per `batch` samples of each model (default: onnxruntime, one
     thread). finetune_data: train the pruned model `finetune_epochs` epochs on it (needs the finetune extra).
     Raises InputError (bad input), SolveError (no solution), BudgetError (budget unreachable),
@@ -109,16 +112,23 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     loaded = _load(model, data, eval_data, progress, timings)
     plan = _plan(opts, loaded, progress)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
-    measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, loaded.evald) if plan.rule == "accuracy budget" \
-        else None
+    # with --reconstruct every candidate (measured, rounded, written) is rewritten with its reconstruction
+    builder = _reconstructor(opts, loaded)
+    rewrite = builder.rewrite if builder is not None else remove_units
+    measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, loaded.evald, rewrite) \
+        if plan.rule == "accuracy budget" else None
     scored, chosen, attempts, opts = _score_and_select(opts, plan, loaded, measure_accuracy, progress, timings)
     candidate, latency = _round(loaded.net, loaded.proto, scored.scores, chosen, plan.rule, opts.round_to,
                                 opts.measure_latency, opts.latency_batch, latency_timer, measure_accuracy,
-                                plan.max_drop, _size_fraction(opts), progress, timings)
-    new_model, new_net, shifts, removed_dead = _rewrite(opts, loaded, scored, candidate, progress, timings)
-    check = _validate(loaded, new_model, candidate.scales, shifts, progress, timings)
+                                plan.max_drop, _size_fraction(opts), progress, timings, rewrite)
+    new_model, new_net, shifts, removed_dead = _rewrite(opts, loaded, scored, candidate, progress, timings, rewrite)
+    reference = builder.reference(candidate.scales, candidate.keep) if builder is not None \
+        else (loaded.net, candidate.scales)
+    check = _validate(loaded, new_model, reference, shifts, progress, timings)
     report = _measure(opts, plan, loaded, scored, chosen, check, new_model, new_net, removed_dead, attempts,
                       (candidate, latency), progress, timings)
+    report["selection"]["reconstruct"] = (builder.summary(candidate.scales, candidate.keep) if builder is not None
+                                          else {"method": "none"})
     if finetune_data is not None:
         new_model = _finetune(opts, loaded, new_model, new_net, finetune_data, report, progress, timings)
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
@@ -236,7 +246,19 @@ def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accur
     return scored, chosen, attempts, replace(opts, num_samples=n, margin=margin)
 
 
-def _rewrite(opts: Options, loaded: _Loaded, scored, candidate, progress, timings):
+def _reconstructor(opts: Options, loaded: _Loaded) -> Reconstructor | None:
+    """The rewrite with reconstruction (statistics on the calibration file's images; `auto` compares the methods
+    on the evaluation data), or None without one."""
+    if opts.reconstruct == "none":
+        return None
+    data = loaded.evald
+    if opts.reconstruct == "auto" and data is None:  # the calibration images are what the fits were made on
+        raise InputError("--reconstruct auto compares the methods on held-out data; give --eval-data")
+    return Reconstructor(loaded.proto, loaded.net, opts.reconstruct, loaded.calib.x, seed=opts.seed,
+                         measure=lambda model, network: _model_accuracy(model, network, data, loaded.net.input_dtype))
+
+
+def _rewrite(opts: Options, loaded: _Loaded, scored, candidate, progress, timings, rewrite=remove_units):
     """The smaller model (with bias compensation if asked), its kept units recorded in the metadata.
     Returns (model, network, compensation shifts or None, removed units that were never active)."""
     net, proto = loaded.net, loaded.proto
@@ -249,20 +271,21 @@ def _rewrite(opts: Options, loaded: _Loaded, scored, candidate, progress, timing
     if shifts is None and candidate.model is not None:
         new_model, new_net = candidate.model, candidate.network
     else:
-        new_model, new_net = remove_units(proto, net, scales, compensation=shifts, keep=keep)
+        new_model, new_net = rewrite(proto, net, scales, compensation=shifts, keep=keep)
     kept = {net.layers[k].name: np.flatnonzero(keep[k]).tolist() for k in sorted(keep)}
     _set_metadata(new_model, KEPT_UNITS_KEY, json.dumps(kept, sort_keys=True, separators=(",", ":")))
     done(f"{new_net.params:,} parameters left")
     return new_model, new_net, shifts, removed_dead
 
 
-def _validate(loaded: _Loaded, new_model, scales, shifts, progress, timings):
-    """check_rewrite on the calibration and evaluation data; a failure raises (exit 1, nothing written)."""
+def _validate(loaded: _Loaded, new_model, reference, shifts, progress, timings):
+    """check_rewrite on the calibration and evaluation data against reference = (network, scales), the masked
+    (and reconstructed) IR network; a failure raises (exit 1, nothing written)."""
     done = _timed("validate", progress, timings)
     calib, evald = loaded.calib, loaded.evald
     xs = [calib.x] + ([evald.x] if evald is not None else [])
     ys = [None, evald.y] if evald is not None else [calib.y]  # accuracy on held-out data when there is some
-    check = check_rewrite(loaded.proto, new_model, loaded.net, scales, xs, y=ys, compensation=shifts)
+    check = check_rewrite(loaded.proto, new_model, *reference, xs, y=ys, compensation=shifts)
     check.raise_if_failed()
     done(f"agreement {check.agreement * 100:.2f}%")
     return check
@@ -344,7 +367,7 @@ def _search(attempt, net, available: int, time_limit: float, progress):
 
 
 def _round(net, proto, scores, chosen, rule, round_to, measure_latency, latency_batch, timer, accuracy_of,
-           max_drop, target_params, progress, timings):
+           max_drop, target_params, progress, timings, rewrite=remove_units):
     """The rounding stage: the candidates (rounding.ROUNDINGS under "auto" with latency, else the one asked),
     each checked against the selection's budget and, with `measure_latency`, timed against the original.
     Returns (the candidate to write, report["latency"] or None)."""
@@ -357,7 +380,7 @@ def _round(net, proto, scores, chosen, rule, round_to, measure_latency, latency_
     stage = "latency" if measure_latency else "round"
     progress.start(stage)
     clock = time.perf_counter()
-    cands = rounding.candidates(net, proto, scores, chosen, roundings)
+    cands = rounding.candidates(net, proto, scores, chosen, roundings, rewrite=rewrite)
     for cand in cands:
         if rule == "accuracy budget":
             cand.accuracy = accuracy_of(cand.scales, built=(cand.model, cand.network))
@@ -408,7 +431,7 @@ def _select(plan: _Plan, net, scores, evald, opts: Options, accuracy_of):
     return sel, sel
 
 
-def _ort_accuracy(proto: onnx.ModelProto, net: Network, data: Dataset):
+def _ort_accuracy(proto: onnx.ModelProto, net: Network, data: Dataset, rewrite=remove_units):
     """scales -> accuracy (%) of the model rewritten with them (None: the original), by onnxruntime.
 
     The budget search measures its candidates with the engine and the float32 arithmetic the written model is
@@ -421,14 +444,19 @@ def _ort_accuracy(proto: onnx.ModelProto, net: Network, data: Dataset):
         """built: the (model, network) already rewritten with these scales, if there is one."""
         if scales is None and original:
             return original[0]
-        model, new_net = (proto, net) if scales is None else (built or remove_units(proto, net, scales))
-        logits = run_tensors(model, new_net.input_name, data.x, [new_net.logits_name], dtype=net.input_dtype)[0]
-        value = float(np.mean(logits.argmax(axis=1) == data.y) * 100.0)
+        model, new_net = (proto, net) if scales is None else (built or rewrite(proto, net, scales))
+        value = _model_accuracy(model, new_net, data, net.input_dtype)
         if scales is None:
             original.append(value)
         return value
 
     return accuracy
+
+
+def _model_accuracy(model: onnx.ModelProto, net: Network, data: Dataset, dtype) -> float:
+    """Top-1 accuracy (%) of a model on labelled data, by onnxruntime."""
+    logits = run_tensors(model, net.input_name, data.x, [net.logits_name], dtype=dtype)[0]
+    return float(np.mean(logits.argmax(axis=1) == data.y) * 100.0)
 
 
 def _closest_message(rule, net, closest, max_drop, target_params, accuracy) -> str:

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 
 from .errors import InputError, OnnxcritError, naming
-from .options import DEFAULTS, LOSSES, MODES, SPARSITY, Options
+from .options import DEFAULTS, LOSSES, MODES, RECONSTRUCTIONS, SPARSITY, Options
 
 
 def _fail(exc: OnnxcritError, exit_code: int | None = None) -> None:
@@ -187,6 +187,9 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("--search", is_flag=True,
               help="With an accuracy budget: try 10/50/100 images x margin 1/2/4, keep the best.")
 @click.option("--compensate-bias", is_flag=True, help="Fold removed units' mean activation into the next bias.")
+@click.option("--reconstruct", type=click.Choice(RECONSTRUCTIONS), default=DEFAULTS.reconstruct, show_default=True,
+              help="Refit the next layer after removal, for every candidate measured: bias, per-unit scales, ridge "
+              "least squares of its weights, data-free merging, or auto (the most accurate).")
 @click.option("--rescale/--no-rescale", default=None,
               help="Kept units at their score or full strength [default: the more accurate under a budget, "
               "else score].")
@@ -214,8 +217,8 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Also print calibration, solve and logit-change details.")
 def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,
              eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, target_macs,
-             search, compensate_bias, rescale, no_latency, round_to, latency_batch, finetune_data, finetune_epochs, seed,
-             mode, workers, executor, quiet, verbose):
+             search, compensate_bias, reconstruct, rescale, no_latency, round_to, latency_batch, finetune_data,
+             finetune_epochs, seed, mode, workers, executor, quiet, verbose):
     """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
     from . import api, rounding
     from .output import has_external_data, write_model
@@ -226,9 +229,8 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
                    executor=executor,
                    search=search, threshold=threshold, mean_threshold=mean_threshold,
                    max_accuracy_drop=max_accuracy_drop, target_params=target_params, target_macs=target_macs,
-                   rescale=rescale,
-                   compensation=compensate_bias, round_to=round_to, measure_latency=not no_latency,
-                   latency_batch=latency_batch, finetune_epochs=finetune_epochs)
+                   rescale=rescale, compensation=compensate_bias, reconstruct=reconstruct, round_to=round_to,
+                   measure_latency=not no_latency, latency_batch=latency_batch, finetune_epochs=finetune_epochs)
     if quiet and verbose:
         raise InputError("--quiet and --verbose exclude each other")
     out = _output_path(model, output)

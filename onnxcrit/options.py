@@ -14,6 +14,7 @@ import numpy as np
 from .errors import InputError
 from .formulation.loss import LOSSES
 from .formulation.model import SPARSITY
+from .reconstruct import CHOICES as RECONSTRUCTIONS
 from .solve import SOLVERS
 
 MODES = ("auto", "full", "decoupled")
@@ -46,6 +47,7 @@ class Options:
     target_macs: float | None = None  # fraction of the MACs per sample to keep at most
     rescale: bool | None = None  # kept units at their score (True), full strength (False), or the better
     compensation: bool = False  # fold removed units' mean activation into the next bias
+    reconstruct: str = "none"  # refit the next layers after removal (reconstruct.py), for every candidate measured
     # deployment
     round_to: int | str = "auto"  # conv channels kept in multiples of this; auto: the fastest measured
     measure_latency: bool = True
@@ -88,6 +90,10 @@ class Options:
                f"target MACs must be a fraction in (0, 1], got {self.target_macs}")
         yield (sum(v is not None for v in (self.max_accuracy_drop, self.target_params, self.target_macs)) > 1,
                "give one budget: an accuracy budget, a parameter budget or a MAC budget")
+        yield (self.reconstruct not in RECONSTRUCTIONS,
+               f"unknown reconstruction {self.reconstruct!r}; expected one of {', '.join(RECONSTRUCTIONS)}")
+        yield (self.compensation and self.reconstruct != "none",
+               "--compensate-bias and --reconstruct exclude each other (--reconstruct bias refits the bias)")
         yield (not _whole(self.latency_batch, 1),
                f"latency batch must be an integer >= 1, got {self.latency_batch!r}")
         yield (not _whole(self.finetune_epochs, 1), f"finetune epochs must be >= 1, got {self.finetune_epochs}")

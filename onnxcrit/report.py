@@ -221,6 +221,24 @@ def selection_text(report: dict) -> str:
             f"units)")
 
 
+RECONSTRUCTIONS = {"none": "none", "bias": "the next layers' biases refitted",
+                   "scale": "one least-squares scale per kept unit, and the biases",
+                   "lsq": "the next layers' weights and biases refitted by ridge least squares",
+                   "merge": "each removed unit merged into its most similar kept unit (no data)"}
+
+
+def reconstruction_text(rec: dict) -> str:
+    """report["selection"]["reconstruct"] in words: what was refitted, on how many images, what auto compared."""
+    applied = rec.get("applied", rec["method"])
+    text = f"{applied}: {RECONSTRUCTIONS.get(applied, applied)}"
+    if applied not in ("none", "merge") and rec.get("images"):
+        text += f", on {rec['images']:,} images of --data"
+    if rec["method"] == "auto" and rec.get("accuracy_by_method"):
+        text += "; auto, the most accurate of " + ", ".join(f"{m} {a:.2f}%" for m, a in
+                                                             rec["accuracy_by_method"].items())
+    return text
+
+
 def calibration_warning(report: dict) -> str | None:
     """The warning line for accuracy measured on the data the MIP was solved on (no --eval-data), else None."""
     if report.get("accuracy_data") != "calibration" or report.get("accuracy_before") is None:
@@ -287,6 +305,8 @@ def optimize_table(report: dict, console: Console, verbose: bool = False) -> Non
                             f"{solver['constraints']:,} constraints"))
     sel = report["selection"]
     lines.append(("selection", selection_text(report)))
+    if (sel.get("reconstruct") or {}).get("method", "none") != "none":
+        lines.append(("reconstruction", reconstruction_text(sel["reconstruct"])))
     used = len(report.get("calibration", {}).get("indices", []))
     lines.append(("never active", f"{report['dead_units_removed']} of the removed units never fired on the "
                                   f"{used} calibration images the MIP used"))

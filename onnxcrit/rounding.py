@@ -83,9 +83,10 @@ class Candidate:
 
 
 def candidates(net: Network, proto: onnx.ModelProto, scores: dict[int, np.ndarray], selection: select.Selection,
-               roundings: tuple[int, ...], build: bool = True) -> list[Candidate]:
+               roundings: tuple[int, ...], build: bool = True, rewrite=remove_units) -> list[Candidate]:
     """One candidate per distinct kept-count vector of `roundings` (a larger K with the same counts as a smaller
-    one is skipped and listed in the smaller one's same_as), each rewritten when `build`."""
+    one is skipped and listed in the smaller one's same_as), each rewritten when `build` by `rewrite` (the
+    signature of `remove_units`; a `reconstruct.Reconstructor`'s also reconstructs)."""
     out: list[Candidate] = []
     for k in sorted(set(roundings)):
         scales, keep = select.round_up(net, scores, selection.scales, k, selection.rescaled, ROUNDED_KINDS)
@@ -96,7 +97,7 @@ def candidates(net: Network, proto: onnx.ModelProto, scores: dict[int, np.ndarra
             continue
         cand = Candidate(round_to=k, scales=scales, keep=keep, units=units)
         if build:
-            cand.model, cand.network = remove_units(proto, net, scales, keep=keep)
+            cand.model, cand.network = rewrite(proto, net, scales, keep=keep)
             cand.params = measure.totals(measure.layer_table(cand.network, cand.model))["params"]
         out.append(cand)
     return out
