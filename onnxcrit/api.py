@@ -17,6 +17,7 @@ import onnx
 
 from . import measure, rounding, select
 from .bounds import interval_bounds
+from .confirm import LADDER
 from .data import Dataset, load_data
 from .errors import BudgetError, InputError, OnnxcritError, SolveError, naming
 from .frontend import load_model, load_network
@@ -79,6 +80,7 @@ class _Plan:
     mode_reason: str
     workers: int | None
     rescale: bool | None  # how the selection deploys kept units
+    confirm: Any = None  # confirm.Confirmer: an accuracy budget chosen on part of the evaluation data, confirmed
 
 
 def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None, options: Options | None = None,
@@ -109,12 +111,15 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     loaded = _load(model, data, eval_data, progress, timings)
     plan = _plan(opts, loaded, progress)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
-    measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, loaded.evald) if plan.rule == "accuracy budget" \
+    choose_data = plan.confirm.split.choose if plan.confirm is not None else loaded.evald
+    measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, choose_data) if plan.rule == "accuracy budget" \
         else None
     scored, chosen, attempts, opts = _score_and_select(opts, plan, loaded, measure_accuracy, progress, timings)
     candidate, latency = _round(loaded.net, loaded.proto, scored.scores, chosen, plan.rule, opts.round_to,
                                 opts.measure_latency, opts.latency_batch, latency_timer, measure_accuracy,
                                 plan.max_drop, opts.target_params, progress, timings)
+    if plan.confirm is not None:  # what is written, if rounding changed the confirmed selection
+        plan.confirm.recheck(chosen, candidate.scales, (candidate.model, candidate.network))
     new_model, new_net, shifts, removed_dead = _rewrite(opts, loaded, scored, candidate, progress, timings)
     check = _validate(loaded, new_model, candidate.scales, shifts, progress, timings)
     report = _measure(opts, plan, loaded, scored, chosen, check, new_model, new_net, removed_dead, attempts,
@@ -181,7 +186,21 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     # each block's MIP saw the unpruned network's inputs, not earlier blocks' scaled ones: in decoupled mode
     # kept units are deployed at full strength unless asked otherwise (measured: docs/benchmarks.md)
     rescale = False if (mode == "decoupled" and opts.rescale is None) else opts.rescale
-    return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale)
+    return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale,
+                 _confirmer(opts, rule, max_drop, loaded, progress))
+
+
+def _confirmer(opts: Options, rule: str, max_drop, loaded: _Loaded, progress):
+    """Under an accuracy budget with `confirm`: the evaluation data split into a choose and a confirm part."""
+    if rule != "accuracy budget" or not opts.confirm:
+        return None
+    from .confirm import Confirmer, split_evaluation
+
+    split = split_evaluation(loaded.evald, opts.seed)
+    if split is None:
+        progress.note("too few evaluation images to set some aside to confirm the budget; it is not confirmed")
+        return None
+    return Confirmer(loaded.proto, loaded.net, split, max_drop, opts.confidence)
 
 
 def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accuracy, progress, timings):
@@ -210,8 +229,11 @@ def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accur
                                f"binaries, solved in {scored.solve_seconds:.1f} s")
         done = _timed("select", progress, timings)
         chosen, closest = _select(plan, net, scored.scores, evald, opts, measure_accuracy)
+        if chosen is not None and plan.confirm is not None:
+            chosen.confirmed = plan.confirm.confirm(scored.scores, chosen)
         attempts.append({"lambda": opts.lam, "margin": m, "num_samples": n, "tried": closest.tried})
-        done(chosen.rule if chosen else "budget not met")
+        done(("budget not confirmed" if plan.confirm is not None and chosen.confirmed is None else chosen.rule)
+             if chosen else "budget not met")
         return scored, chosen, closest
 
     n, margin = opts.num_samples, opts.margin
@@ -220,12 +242,20 @@ def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accur
     else:
         while True:
             scored, chosen, closest = attempt(n, margin, opts.time_limit)
-            if chosen is not None or plan.rule != "accuracy budget" or len(attempts) >= 3:
+            unconfirmed = chosen is not None and plan.confirm is not None and chosen.confirmed is None
+            if (chosen is not None and not unconfirmed) or plan.rule != "accuracy budget" or len(attempts) >= 3:
                 break
             # a wider margin makes the MIP keep more of every image's lead, so it ranks the units differently; a
             # larger lambda would not: once the hinge loss is 0 at the optimum, raising lambda leaves it optimal
             margin = 2.0 * margin if margin > 0 else 1.0
-            progress.note(f"accuracy budget not met; solving again with margin {margin:g}")
+            progress.note(f"accuracy budget not {'confirmed' if unconfirmed else 'met'}; solving again with margin "
+                          f"{margin:g}")
+    if chosen is not None and plan.confirm is not None:
+        from .confirm import failure_message
+
+        if chosen.confirmed is None:
+            raise BudgetError(failure_message(chosen.confirmation))
+        chosen = chosen.confirmed
     if chosen is None:
         raise BudgetError(_closest_message(plan.rule, net, closest, plan.max_drop, opts.target_params,
                                            measure_accuracy))
@@ -276,6 +306,8 @@ def _measure(opts, plan, loaded, scored, chosen, check, new_model, new_net, remo
     report["mode"], report["mode_reason"] = plan.mode, plan.mode_reason
     report["canonicalised"] = loaded.patterns
     report["selection"]["by_default"] = plan.by_default
+    if chosen.confirmation is not None:
+        report["selection"]["confirmation"] = chosen.confirmation
     report["accuracy_samples"] = int(len(loaded.evald.x) if loaded.evald is not None else len(loaded.calib.x))
     report["agreement_samples"] = int(check.samples)
     report["blocks"] = scored.blocks if plan.mode == "decoupled" else []
@@ -388,7 +420,7 @@ def _select(plan: _Plan, net, scores, evald, opts: Options, accuracy_of):
         return select.by_params(net, scores, opts.target_params, True if plan.rescale is None else plan.rescale)
     if plan.rule == "accuracy budget":
         return select.by_accuracy(net, scores, evald.x, evald.y, plan.max_drop, plan.rescale,
-                                  accuracy_of=accuracy_of)
+                                  accuracy_of=accuracy_of, ladder=LADDER if plan.confirm is not None else 0)
     notes: list[str] = []
     keep = select.keep_by_threshold(net, scores, plan.threshold, mean_rule=opts.mean_threshold, notes=notes)
     mode = True if plan.rescale is None else bool(plan.rescale)

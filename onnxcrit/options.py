@@ -41,6 +41,8 @@ class Options:
     threshold: float | None = None
     mean_threshold: bool = False
     max_accuracy_drop: float | None = None  # points on the evaluation data
+    confirm: bool = True  # an accuracy budget: chosen on half the evaluation data, confirmed on the other half
+    confidence: float = 0.9  # of the confirmation's interval (two-sided; confirm.py)
     target_params: float | None = None  # fraction of the parameters to keep at most
     rescale: bool | None = None  # kept units at their score (True), full strength (False), or the better
     compensation: bool = False  # fold removed units' mean activation into the next bias
@@ -78,6 +80,8 @@ class Options:
         yield (self.max_accuracy_drop is not None
                and not (finite(self.max_accuracy_drop) and 0 <= self.max_accuracy_drop <= 100),
                f"max accuracy drop must be in [0, 100] points, got {self.max_accuracy_drop}")
+        yield (not (finite(self.confidence) and 0 <= self.confidence < 1),
+               f"confidence must be in [0, 1), got {self.confidence}")
         yield (self.target_params is not None and not (0 < self.target_params <= 1),
                f"target params must be a fraction in (0, 1], got {self.target_params}")
         yield (self.max_accuracy_drop is not None and self.target_params is not None,

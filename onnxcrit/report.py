@@ -188,9 +188,15 @@ def selection_text(report: dict) -> str:
         budget = options.get("max_accuracy_drop")
         where = (f"{report.get('accuracy_samples', '?'):,} evaluation images" if report.get("accuracy_data") ==
                  "evaluation" else "the evaluation data")
+        confirmation = sel.get("confirmation")
+        if confirmation:
+            where = (f"{confirmation['choose_samples']:,} of the {report.get('accuracy_samples', '?'):,} evaluation "
+                     f"images (the other {confirmation['confirm_samples']:,} check it)")
         before = report.get("accuracy_before")
         after = (report.get("finetune") or {}).get("accuracy_before", report.get("accuracy_after"))
         accuracy = f" ({before:.2f}% -> {after:.2f}%)" if before is not None and after is not None else ""
+        if confirmation:
+            accuracy = ""  # measured on all the evaluation images, not on the part the budget was met on
         measured = sum(len(a.get("tried", [])) for a in sel.get("attempts", []))
         text = (f"accuracy budget {_points(budget)}{' (the default with --eval-data)' if default else ''} on "
                 f"{where}: removed the {removed:,} lowest-scored units (of {scored:,}) while accuracy stayed within "
@@ -226,6 +232,18 @@ def calibration_warning(report: dict) -> str | None:
     of_them = f" (it used {used} of them)" if used and count is not None and used < count else ""
     return (f"warning: no --eval-data: accuracy below is measured on the {images} the MIP was solved on{of_them}, "
             f"which flatters it; give held-out data with --eval-data")
+
+
+def confirmation_warning(report: dict) -> str | None:
+    """The warning line when the evaluation data were too small to confirm the accuracy budget, else None."""
+    record = (report.get("selection") or {}).get("confirmation")
+    if not record or not record.get("too_small") or record.get("confirmed"):
+        return None
+    return (f"warning: the evaluation data are too small to promise the {record['budget']:g}-point budget on new "
+            f"data: {record['confirm_samples']:,} confirmation images give a {record['confidence']:.0%} interval of "
+            f"[{record['interval'][0]:.2f}, {record['interval'][1]:.2f}] points for the drop; the removal was chosen "
+            f"on the other {record['choose_samples']:,} and is not confirmed; give more --eval-data or a larger "
+            f"budget")
 
 
 def optimize_table(report: dict, console: Console, verbose: bool = False) -> None:
@@ -282,6 +300,8 @@ def optimize_table(report: dict, console: Console, verbose: bool = False) -> Non
                             f"{solver['constraints']:,} constraints"))
     sel = report["selection"]
     lines.append(("selection", selection_text(report)))
+    if sel.get("confirmation"):
+        lines.append(("confirmation", sel["confirmation"]["message"]))
     used = len(report.get("calibration", {}).get("indices", []))
     lines.append(("never active", f"{report['dead_units_removed']} of the removed units never fired on the "
                                   f"{used} calibration images the MIP used"))
