@@ -27,11 +27,12 @@ class, shuffled with `seed`), into a *choose* part and a *confirm* part of equal
    largest candidate until one passes would give every rung a chance to pass by luck).
 
 When no rung is confirmed, the answer depends on whether the data could have confirmed one at all:
-- the confirm part is large enough (at least MIN_CONFIRM_SAMPLES images and an interval no wider than the
-  budget): the budget is not met on new data; the caller treats it as an unmet budget (the MIP is solved again
-  with a wider margin, then BudgetError);
-- it is too small: nothing can be promised either way. The choose part's selection is kept, unconfirmed, and
-  the report says so (`too_small`, `message`) rather than refusing the run.
+- the data answered (at least MIN_CONFIRM_SAMPLES confirm images, and the first rung's interval lies above the
+  budget or is no wider than it): the budget is not met on new data; the caller treats it as an unmet budget
+  (the MIP is solved again with a wider margin, then BudgetError);
+- they are too small to tell (fewer images, or an interval that reaches below the budget but is wider than it):
+  nothing can be promised either way. The choose part's selection is kept, unconfirmed, and the report says so
+  (`too_small`, `message`) rather than refusing the run.
 
 Why halves, an interval and 0.9 by default: docs/method.md (Selecting the units) and docs/benchmarks.md
 (Confirming the budget), where it was measured against no confirmation.
@@ -137,9 +138,12 @@ class Confirmer:
 
     def _too_small(self, stats: dict, confirmed: bool) -> bool:
         """Too few confirm images to promise the budget: fewer than MIN_CONFIRM_SAMPLES, or (when the budget was
-        not confirmed) an interval wider than the budget, which no drop, however small, could fit under."""
+        not confirmed) an interval that reaches below the budget and is wider than it: the data cannot tell
+        whether the budget holds. An interval wholly above the budget is an answer: the budget is not met."""
         lo, hi = stats["interval"]
-        return stats["samples"] < MIN_CONFIRM_SAMPLES or (not confirmed and hi - lo > self.budget + 1e-9)
+        if stats["samples"] < MIN_CONFIRM_SAMPLES:
+            return True
+        return not confirmed and lo <= self.budget + 1e-9 and hi - lo > self.budget + 1e-9
 
     def confirm(self, scores: dict[int, np.ndarray], chosen: select.Selection) -> select.Selection | None:
         """The largest rung of `chosen`'s ladder confirmed on the confirm part (a new Selection), or, when none is:
