@@ -4,9 +4,10 @@ The public face: `optimize()` and `evaluate()`, their `Options` and `Result`, `w
 """
 from .api import Result, evaluate, optimize
 from .options import DEFAULTS, Options
-from .errors import BudgetError, InputError, OnnxcritError, SolveError, UnsupportedModelError, ValidationError
+from .errors import (BudgetError, InputError, OnnxcritError, ResourceError, SolveError, UnsupportedModelError,
+                     ValidationError)
 from .output import write_model
 
 __all__ = ["optimize", "evaluate", "Options", "DEFAULTS", "Result", "write_model", "OnnxcritError", "InputError", "UnsupportedModelError",
-           "SolveError", "BudgetError", "ValidationError"]
+           "ResourceError", "SolveError", "BudgetError", "ValidationError"]
 __version__ = "0.1.0"

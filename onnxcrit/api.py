@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import measure, rounding, select
+from . import measure, resources, rounding, select
 from .bounds import interval_bounds
 from .confirm import LADDER
 from .data import Dataset, load_data
@@ -83,6 +83,7 @@ class _Plan:
     confirm: Any = None  # confirm.Confirmer: an accuracy budget chosen on part of the evaluation data, confirmed
 
 
+@resources.memory_errors_as_one_line
 def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None, options: Options | None = None,
              finetune_data=None, latency_timer: rounding.Timer | None = None, progress: Progress | None = None,
              **changes) -> Result:
@@ -164,9 +165,14 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
 
         if mode == "auto":
             mode, reason = decoupled.choose_mode(net, opts.num_samples)
+            if mode == "full":  # small enough by MACs; also within the memory limit?
+                fits, why = resources.fits(net, _largest_build(opts, loaded), opts.memory_limit)
+                mode, reason = ("full", reason) if fits else ("decoupled", f"{why}: one MIP per block")
             if mode == "decoupled":
                 progress.note(f"mode decoupled: {reason}")
         workers = decoupled.default_workers() if workers is None else int(workers)
+    else:
+        resources.check_full(net, _largest_build(opts, loaded), opts.memory_limit, opts.search)
     threshold, max_drop, by_default = opts.threshold, opts.max_accuracy_drop, False
     if opts.target_params is not None:
         rule = "parameter budget"
@@ -188,6 +194,13 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     rescale = False if (mode == "decoupled" and opts.rescale is None) else opts.rescale
     return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale,
                  _confirmer(opts, rule, max_drop, loaded, progress))
+
+
+def _largest_build(opts: Options, loaded: _Loaded) -> int:
+    """The most calibration images one full MIP of this run will take (--search goes up to SEARCH_GRID's)."""
+    if opts.search:
+        return max([n for n, _ in SEARCH_GRID if n <= len(loaded.calib.x)] or [SEARCH_GRID[0][0]])
+    return opts.num_samples
 
 
 def _confirmer(opts: Options, rule: str, max_drop, loaded: _Loaded, progress):
@@ -240,13 +253,17 @@ def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accur
     if opts.search:
         scored, chosen, closest, n, margin = _search(attempt, net, len(calib.x), opts.time_limit, progress)
     else:
+        deadline = time.perf_counter() + opts.time_limit  # one limit for the re-solves too
         while True:
-            scored, chosen, closest = attempt(n, margin, opts.time_limit)
+            scored, chosen, closest = attempt(n, margin, max(deadline - time.perf_counter(), 0.1))
             unconfirmed = chosen is not None and plan.confirm is not None and chosen.confirmed is None
             if (chosen is not None and not unconfirmed) or plan.rule != "accuracy budget" or len(attempts) >= 3:
                 break
             # a wider margin makes the MIP keep more of every image's lead, so it ranks the units differently; a
             # larger lambda would not: once the hinge loss is 0 at the optimum, raising lambda leaves it optimal
+            if deadline - time.perf_counter() < 1.0:
+                progress.note("accuracy budget not met, and the time limit leaves no time to solve again")
+                break
             margin = 2.0 * margin if margin > 0 else 1.0
             progress.note(f"accuracy budget not {'confirmed' if unconfirmed else 'met'}; solving again with margin "
                           f"{margin:g}")

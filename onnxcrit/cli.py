@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .errors import InputError, OnnxcritError, naming
+from .errors import InputError, OnnxcritError, ResourceError, naming
 from .options import DEFAULTS, LOSSES, MODES, SPARSITY, Options
 
 
@@ -40,6 +40,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except OnnxcritError as exc:
             _fail(exc)
+        except MemoryError as exc:  # outside optimize(), which says which stage it was in
+            from .resources import out_of_memory_message
+
+            _fail(ResourceError(out_of_memory_message(None, exc)))
         except KeyboardInterrupt:
             Console(stderr=True).print("onnxcrit: interrupted; nothing was written", markup=False)
             sys.exit(130)
@@ -207,6 +211,9 @@ def _writable_file(path: Path | None, what: str) -> None:
               help="Seed of the calibration image choice (and fine-tuning).")
 @click.option("--mode", type=click.Choice(MODES), default=DEFAULTS.mode, show_default=True,
               help="One MIP, one per block (decoupled), or by problem size.")
+@click.option("--memory-limit", type=float, metavar="GB",
+              help="Memory a full-mode MIP may take; over it --mode full is refused, auto goes decoupled "
+              "[default: 80% of the free memory].")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Parallel block solves in decoupled mode [default: cores].")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and warnings.")
@@ -215,7 +222,7 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
              eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, confirm, confidence,
              target_params, search,
              compensate_bias, rescale, no_latency, round_to, latency_batch, finetune_data, finetune_epochs, seed,
-             mode, workers, quiet, verbose):
+             mode, memory_limit, workers, quiet, verbose):
     """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
     from . import api, rounding
     from .output import has_external_data, write_model
@@ -223,6 +230,7 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
 
     opts = Options(eps=eps, lam=lam, loss=loss, margin=margin, sparsity=sparsity, num_samples=num_samples,
                    relax=relax, solver=solver, time_limit=time_limit, seed=seed, mode=mode, workers=workers,
+                   memory_limit=memory_limit,
                    search=search, threshold=threshold, mean_threshold=mean_threshold,
                    max_accuracy_drop=max_accuracy_drop, confirm=confirm, confidence=confidence,
                    target_params=target_params, rescale=rescale,

@@ -25,7 +25,8 @@ parallel solves), processes, or a serial loop; a cluster backend (Ray, Dask) is 
 Deadline: the solve phase gets `time_limit` seconds in all. With B blocks on W workers each block gets the
 share T / ceil(B / W), capped by the time left when it starts: with tasks taken in order by the next free
 worker, block j starts by floor(j / W) shares in, so the last one ends by T even if every block used its whole
-share. The share bounds each block's solve; its build (seconds, measured) comes on top, as in full mode.
+share. The deadline counts from the start of the call, so the heads' preparation comes out of the last blocks'
+time, and the share bounds each block's build and solve together (compute_scores), as in full mode.
 """
 from __future__ import annotations
 
@@ -374,7 +375,7 @@ def decoupled_scores(net: Network, x: np.ndarray, y: np.ndarray, *, eps: float =
     x, y: the user's data; the heads are fitted on all of it, the calibration images are chosen from it
     once (or given by `calibration`) and shared by every block. `executor`: any object with
     `map(fn, tasks)`; by default a `local_executor(workers, executor_kind)`. `time_limit` bounds the whole
-    solve phase. Returns the scores keyed by positions in `net.layers`, like `compute_scores`; raises
+    call: the heads' preparation, then each block's build and solve. Returns the scores keyed by positions in `net.layers`, like `compute_scores`; raises
     SolveError when a block has no usable solution (the `result` attribute holds the record) unless
     `raise_on_failure` is False.
     """
@@ -386,6 +387,7 @@ def decoupled_scores(net: Network, x: np.ndarray, y: np.ndarray, *, eps: float =
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     prep = time.perf_counter()
+    deadline = time.time() + time_limit  # the heads' preparation counts too
     if calibration is None:
         indices, skipped = choose_calibration(net, x, y, num_samples, seed, require_all_classes)
     else:
@@ -403,7 +405,6 @@ def decoupled_scores(net: Network, x: np.ndarray, y: np.ndarray, *, eps: float =
 
     rounds = math.ceil(len(blocks) / workers)
     share = time_limit / rounds
-    deadline = time.time() + time_limit
     tasks = []
     for j, (b, h) in enumerate(zip(blocks, heads)):
         sub, radius = block_network(net, b, h)

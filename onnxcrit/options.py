@@ -36,6 +36,7 @@ class Options:
     seed: int = 0
     mode: str = "auto"  # full, decoupled (one MIP per block) or auto (by problem size)
     workers: int | None = None  # decoupled mode's parallel block solves; None: the number of cores
+    memory_limit: float | None = None  # GB a full-mode MIP may take; None: 80% of the memory available (resources.py)
     search: bool = False  # under an accuracy budget: try api.SEARCH_GRID, keep the best setting
     # the selection
     threshold: float | None = None
@@ -73,6 +74,8 @@ class Options:
         yield (self.mode not in MODES, f"unknown mode {self.mode!r}; expected full, decoupled or auto")
         yield (self.workers is not None and not _whole(self.workers, 1),
                f"workers must be a positive integer, got {self.workers}")
+        yield (self.memory_limit is not None and not (finite(self.memory_limit) and self.memory_limit > 0),
+               f"memory limit must be > 0 GB, got {self.memory_limit}")
         yield (self.threshold is not None and not (0 <= self.threshold <= 1),
                f"threshold must be in [0, 1], got {self.threshold}")
         yield (self.threshold is not None and self.mean_threshold,
