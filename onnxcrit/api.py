@@ -17,7 +17,6 @@ import onnx
 
 from . import measure, resources, rounding, select
 from .bounds import interval_bounds
-from .confirm import LADDER
 from .data import Dataset, load_data
 from .errors import BudgetError, InputError, OnnxcritError, SolveError, naming
 from .frontend import load_model, load_network
@@ -112,7 +111,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     loaded = _load(model, data, eval_data, progress, timings)
     plan = _plan(opts, loaded, progress)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
-    choose_data = plan.confirm.split.choose if plan.confirm is not None else loaded.evald
+    choose_data = plan.confirm.choose if plan.confirm is not None else loaded.evald
     measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, choose_data) if plan.rule == "accuracy budget" \
         else None
     scored, chosen, attempts, opts = _score_and_select(opts, plan, loaded, measure_accuracy, progress, timings)
@@ -204,16 +203,13 @@ def _largest_build(opts: Options, loaded: _Loaded) -> int:
 
 
 def _confirmer(opts: Options, rule: str, max_drop, loaded: _Loaded, progress):
-    """Under an accuracy budget with `confirm`: the evaluation data split into a choose and a confirm part."""
+    """Under an accuracy budget with `confirm`: the evaluation data split into a choose and a confirm part (or,
+    too few to promise the budget, not split and the report says so)."""
     if rule != "accuracy budget" or not opts.confirm:
         return None
-    from .confirm import Confirmer, split_evaluation
+    from .confirm import Confirmer
 
-    split = split_evaluation(loaded.evald, opts.seed)
-    if split is None:
-        progress.note("too few evaluation images to set some aside to confirm the budget; it is not confirmed")
-        return None
-    return Confirmer(loaded.proto, loaded.net, split, max_drop, opts.confidence)
+    return Confirmer(loaded.proto, loaded.net, loaded.evald, opts.seed, max_drop, opts.confidence)
 
 
 def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accuracy, progress, timings):
@@ -437,7 +433,7 @@ def _select(plan: _Plan, net, scores, evald, opts: Options, accuracy_of):
         return select.by_params(net, scores, opts.target_params, True if plan.rescale is None else plan.rescale)
     if plan.rule == "accuracy budget":
         return select.by_accuracy(net, scores, evald.x, evald.y, plan.max_drop, plan.rescale,
-                                  accuracy_of=accuracy_of, ladder=LADDER if plan.confirm is not None else 0)
+                                  accuracy_of=accuracy_of, ladder=plan.confirm.ladder if plan.confirm is not None else 0)
     notes: list[str] = []
     keep = select.keep_by_threshold(net, scores, plan.threshold, mean_rule=opts.mean_threshold, notes=notes)
     mode = True if plan.rescale is None else bool(plan.rescale)

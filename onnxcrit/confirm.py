@@ -7,7 +7,12 @@ images flattered most (a winner's curse), and the images are a sample. Measured 
 0.5-point budget met on 5,000 MNIST validation images lost 0.91 and 1.00 points on the 10,000 test images.
 
 What. With `Options.confirm` (the default) the evaluation data are split once, deterministically (stratified by
-class, shuffled with `seed`), into a *choose* part and a *confirm* part of equal size (`split_evaluation`):
+class, shuffled with `seed`), into a *choose* part and a *confirm* part of equal size (`split_evaluation`), if
+the confirm part can promise the budget at all (`images_needed`: at least MIN_CONFIRM_SAMPLES images, and enough
+that a candidate changing no prediction has an interval no wider than the budget: a 1-point budget at 0.9 needs
+654 evaluation images, 0.5 points 1,312). With fewer, nothing is split (half the images would only make the
+search's choice noisier), the budget is met on all of them as before, and the report says it cannot be promised
+on new data (`too_small`, `images_needed`). With enough:
 
 1. The budget search runs on the choose part only, as before.
 2. Its candidates that met the budget there form a ladder, fixed before the confirm part is looked at: by
@@ -26,7 +31,7 @@ class, shuffled with `seed`), into a *choose* part and a *confirm* part of equal
    the budget stays at most (1 - confidence) / 2, however many rungs were tested (stepping *down* from the
    largest candidate until one passes would give every rung a chance to pass by luck).
 
-When no rung is confirmed, the answer depends on whether the data could have confirmed one at all:
+When no rung is confirmed, the answer depends on whether the data could tell:
 - the data answered (at least MIN_CONFIRM_SAMPLES confirm images, and the first rung's interval lies above the
   budget or is no wider than it): the budget is not met on new data; the caller treats it as an unmet budget
   (the MIP is solved again with a wider margin, then BudgetError);
@@ -97,12 +102,28 @@ def paired_drop(before: np.ndarray, after: np.ndarray, confidence: float) -> dic
     before, after = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
     n = int(before.size)
     losses, gains = int(np.sum(before & ~after)), int(np.sum(~before & after))
-    z = NormalDist().inv_cdf(0.5 + confidence / 2.0) if confidence > 0 else 0.0
+    z = _z(confidence)
     center = (losses - gains) / (n + 2)
     spread = math.sqrt(max((losses + gains + 1) - (losses - gains) ** 2 / (n + 2), 0.0)) / (n + 2)
     lo, hi = max(center - z * spread, -1.0), min(center + z * spread, 1.0)
     return {"samples": n, "losses": losses, "gains": gains, "drop": 100.0 * (losses - gains) / max(n, 1),
             "interval": [100.0 * lo, 100.0 * hi]}
+
+
+def _z(confidence: float) -> float:
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0) if confidence > 0 else 0.0
+
+
+def images_needed(budget: float, confidence: float) -> int | None:
+    """The fewest confirm images that can promise `budget` points at `confidence`: MIN_CONFIRM_SAMPLES, and enough
+    that the interval of a candidate changing no prediction (+-z / (n + 2)) is no wider than the budget. None
+    when no number is enough (a budget of 0 at a positive confidence)."""
+    z = _z(confidence)
+    if z == 0:
+        return MIN_CONFIRM_SAMPLES
+    if budget <= 0:
+        return None
+    return max(MIN_CONFIRM_SAMPLES, math.ceil(200.0 * z / budget - 2.0))
 
 
 def ort_correct(proto, net, data: Dataset) -> Callable:
@@ -124,11 +145,23 @@ def ort_correct(proto, net, data: Dataset) -> Callable:
 
 
 class Confirmer:
-    """The confirm part of one run: tests the budget search's candidates on it (see the module docstring)."""
+    """The confirmation of one run's accuracy budget (see the module docstring).
 
-    def __init__(self, proto, net, split: Split, budget: float, confidence: float):
-        self.net, self.split, self.budget, self.confidence = net, split, float(budget), float(confidence)
-        self.correct = ort_correct(proto, net, split.confirm)
+    With enough evaluation data (`images_needed` for the confirm half) they are split: `choose` is the part the
+    budget search sees, and `confirm()` tests its candidates on the other. With too few there is no split: the
+    search sees all of them (half would only make its choice noisier) and the record says the budget cannot be
+    promised."""
+
+    def __init__(self, proto, net, data: Dataset, seed: int, budget: float, confidence: float):
+        self.net, self.budget, self.confidence = net, float(budget), float(confidence)
+        self.samples = int(len(data.y))
+        self.needed = images_needed(self.budget, self.confidence)
+        half = int(self.samples * CONFIRM_FRACTION)
+        split = split_evaluation(data, seed) if self.needed is not None and half >= self.needed else None
+        self.split = split
+        self.choose = split.choose if split is not None else data
+        self.ladder = LADDER if split is not None else 0  # extra rungs the search measures for confirm()
+        self.correct = ort_correct(proto, net, split.confirm) if split is not None else None
 
     def _stats(self, scales, built=None) -> dict[str, Any]:
         return paired_drop(self.correct(None), self.correct(scales, built), self.confidence)
@@ -149,6 +182,9 @@ class Confirmer:
         """The largest rung of `chosen`'s ladder confirmed on the confirm part (a new Selection), or, when none is:
         `chosen` itself marked unconfirmed if the data are too small to tell, else None. The confirmation record
         is left in the returned selection's (or, on None, in `chosen`'s) `confirmation`."""
+        if self.split is None:
+            chosen.confirmation = self._unsplit_record()
+            return chosen
         net = self.net
         order = select.removal_order(net, scores)
         rungs = sorted((row for row in chosen.tried if row["removed_units"] > 0
@@ -185,11 +221,19 @@ class Confirmer:
         """The confirmation of what is written, when it is not the selection itself (e.g. conv channels rounded
         back in): measured again on the confirm part; `confirmed` only if the selection was and it still holds."""
         record = selection.confirmation
-        if record is None or all(np.array_equal(scales[k], selection.scales[k]) for k in selection.scales):
+        if self.split is None or record is None or all(np.array_equal(scales[k], selection.scales[k]) for k in selection.scales):
             return
         stats = self._stats(scales, built if built and built[0] is not None else None)
         confirmed = bool(record["confirmed"]) and self._passes(stats)
         selection.confirmation = self._record(stats, confirmed, record["ladder"], fallback=record["fallback"])
+
+    def _unsplit_record(self) -> dict[str, Any]:
+        record = {"choose_samples": self.samples, "confirm_samples": 0, "drop_on_confirm": None, "interval": None,
+                  "confidence": self.confidence, "confirmed": False, "too_small": True, "losses": None,
+                  "gains": None, "budget": self.budget, "method": "Agresti-Min interval, paired", "fallback": True,
+                  "ladder": [], "images_needed": None if self.needed is None else 2 * self.needed}
+        record["message"] = message(record)
+        return record
 
     def _record(self, stats: dict, confirmed: bool, ladder: list, fallback: bool = False) -> dict[str, Any]:
         small = fallback or self._too_small(stats, confirmed)
@@ -198,15 +242,23 @@ class Confirmer:
                   "drop_on_confirm": round(stats["drop"], 4), "interval": [round(lo, 4), round(hi, 4)],
                   "confidence": self.confidence, "confirmed": confirmed, "too_small": small,
                   "losses": stats["losses"], "gains": stats["gains"], "budget": self.budget,
-                  "method": "Agresti-Min interval, paired", "fallback": fallback, "ladder": ladder}
+                  "method": "Agresti-Min interval, paired", "fallback": fallback, "ladder": ladder,
+                  "images_needed": None if self.needed is None else 2 * self.needed}
         record["message"] = message(record)
         return record
 
 
 def message(record: dict) -> str:
     """The confirmation in words (the CLI's summary line and the report's `message`)."""
+    budget, c = record["budget"], record["confidence"]
+    needed = record.get("images_needed")
+    more = (f"give {needed:,}+ evaluation images or a larger budget" if needed is not None else
+            "a budget of 0 can only be confirmed at --confidence 0")
+    if record["confirm_samples"] == 0:
+        return (f"not confirmed: {record['choose_samples']:,} evaluation images are too few to set half aside and "
+                f"promise a {budget:g}-point budget at {c:.0%} on new data (the budget was met on all of them); {more}")
     lo, hi = record["interval"]
-    n, budget, c = record["confirm_samples"], record["budget"], record["confidence"]
+    n = record["confirm_samples"]
     measured = (f"drop {record['drop_on_confirm']:.2f} points on the {n:,} confirmation images (not used to choose; "
                 f"{record['losses']} lost, {record['gains']} gained), {c:.0%} interval [{lo:.2f}, {hi:.2f}]")
     if record["confirmed"]:
@@ -216,12 +268,10 @@ def message(record: dict) -> str:
     else:
         text = f"{measured}: above the {budget:g}-point budget"
     if record["too_small"] and record["confirmed"]:
-        text += (f"; with fewer than {MIN_CONFIRM_SAMPLES} confirmation images the interval is rough: give more "
-                 f"--eval-data to rely on it")
+        text += (f"; with fewer than {MIN_CONFIRM_SAMPLES} confirmation images the interval is rough: {more} to "
+                 f"rely on it")
     elif record["too_small"]:
-        text += (f". The evaluation data are too small to promise a {budget:g}-point budget at {c:.0%} (that needs "
-                 f"{MIN_CONFIRM_SAMPLES}+ confirmation images and an interval no wider than the budget): give more "
-                 f"--eval-data or a larger budget")
+        text += f". The evaluation data are too small to promise a {budget:g}-point budget at {c:.0%}: {more}"
     return text
 
 

@@ -189,13 +189,13 @@ def selection_text(report: dict) -> str:
         where = (f"{report.get('accuracy_samples', '?'):,} evaluation images" if report.get("accuracy_data") ==
                  "evaluation" else "the evaluation data")
         confirmation = sel.get("confirmation")
-        if confirmation:
+        if confirmation and confirmation.get("confirm_samples"):
             where = (f"{confirmation['choose_samples']:,} of the {report.get('accuracy_samples', '?'):,} evaluation "
                      f"images (the other {confirmation['confirm_samples']:,} check it)")
         before = report.get("accuracy_before")
         after = (report.get("finetune") or {}).get("accuracy_before", report.get("accuracy_after"))
         accuracy = f" ({before:.2f}% -> {after:.2f}%)" if before is not None and after is not None else ""
-        if confirmation:
+        if confirmation and confirmation.get("confirm_samples"):
             accuracy = ""  # measured on all the evaluation images, not on the part the budget was met on
         measured = sum(len(a.get("tried", [])) for a in sel.get("attempts", []))
         text = (f"accuracy budget {_points(budget)}{' (the default with --eval-data)' if default else ''} on "
@@ -239,11 +239,16 @@ def confirmation_warning(report: dict) -> str | None:
     record = (report.get("selection") or {}).get("confirmation")
     if not record or not record.get("too_small") or record.get("confirmed"):
         return None
+    needed = record.get("images_needed")
+    more = f"give {needed:,}+ evaluation images or a larger budget" if needed else "give a larger budget"
+    if not record.get("confirm_samples"):
+        return (f"warning: the {record['choose_samples']:,} evaluation images are too few to promise the "
+                f"{record['budget']:g}-point budget on new data at {record['confidence']:.0%}; it was met on them "
+                f"only; {more}")
     return (f"warning: the evaluation data are too small to promise the {record['budget']:g}-point budget on new "
             f"data: {record['confirm_samples']:,} confirmation images give a {record['confidence']:.0%} interval of "
             f"[{record['interval'][0]:.2f}, {record['interval'][1]:.2f}] points for the drop; the removal was chosen "
-            f"on the other {record['choose_samples']:,} and is not confirmed; give more --eval-data or a larger "
-            f"budget")
+            f"on the other {record['choose_samples']:,} and is not confirmed; {more}")
 
 
 def optimize_table(report: dict, console: Console, verbose: bool = False) -> None:

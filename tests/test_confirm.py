@@ -80,6 +80,7 @@ class FakeConfirmer(Confirmer):
         y = np.zeros(2 * n, dtype=np.int64)
         split = Split(dataset(y[:n]), dataset(y[n:]), np.arange(n), np.arange(n, 2 * n))
         self.net, self.split, self.budget, self.confidence = net, split, budget, confidence
+        self.needed = confirm_mod.images_needed(budget, confidence)
         self.tested = []
 
         def correct(scales, built=None):
@@ -142,16 +143,25 @@ def test_too_small_data_keep_the_choice_unconfirmed_and_say_so():
     assert "too small to promise a 0.5-point budget" in record["message"]
 
 
+def test_enough_images_to_promise_a_budget():
+    # the interval of a candidate that changes nothing is +-z / (n + 2): it must fit in the budget
+    assert confirm_mod.images_needed(1.0, 0.9) == 327  # 200 x 1.645 / 1.0 - 2, rounded up
+    assert confirm_mod.images_needed(0.5, 0.9) == 656
+    assert confirm_mod.images_needed(5.0, 0.9) == confirm_mod.MIN_CONFIRM_SAMPLES
+    assert confirm_mod.images_needed(0.0, 0.9) is None and confirm_mod.images_needed(0.0, 0.0) == 200
+
+
 def test_optimize_chooses_on_one_half_and_confirms_on_the_other():
-    res = optimize(CNN, CAL, eval_data=EVAL, measure_latency=False)
+    # 450 images: 225 confirm images can promise 2 points at 90% (not 1: a 1-point budget needs 654 images)
+    res = optimize(CNN, CAL, eval_data=EVAL, measure_latency=False, max_accuracy_drop=2.0)
     record = res.report["selection"]["confirmation"]
     n = len(np.load(EVAL)["y"])
     assert record["choose_samples"] + record["confirm_samples"] == n == res.report["accuracy_samples"]
     assert record["confidence"] == res.report["options"]["confidence"] == 0.9
-    assert record["budget"] == res.report["options"]["max_accuracy_drop"] == 1.0
+    assert record["budget"] == res.report["options"]["max_accuracy_drop"] == 2.0
     lo, hi = record["interval"]
     assert lo <= record["drop_on_confirm"] <= hi
-    assert record["confirmed"] == (hi <= 1.0 + 1e-9 and not record["fallback"])
+    assert record["confirmed"] == (hi <= 2.0 + 1e-9 and not record["fallback"])
     # what was written is what the record measured: the confirm half's drop, recomputed here
     split = split_evaluation(Dataset(np.load(EVAL)["x"], np.load(EVAL)["y"], "eval"), seed=0)
     from onnxcrit.validate import run_tensors
@@ -162,20 +172,27 @@ def test_optimize_chooses_on_one_half_and_confirms_on_the_other():
     before = run_tensors(proto, net.input_name, x, [net.logits_name])[0].argmax(1) == y
     after = run_tensors(new_proto, new_net.input_name, x, [new_net.logits_name])[0].argmax(1) == y
     assert record["drop_on_confirm"] == pytest.approx(paired_drop(before, after, 0.9)["drop"], abs=1e-3)
-    off = optimize(CNN, CAL, eval_data=EVAL, measure_latency=False, confirm=False)
+    off = optimize(CNN, CAL, eval_data=EVAL, measure_latency=False, max_accuracy_drop=2.0, confirm=False)
     assert "confirmation" not in off.report["selection"]
 
 
-def test_cli_warns_when_the_evaluation_data_are_too_small(tmp_path):
+def test_too_few_images_are_not_split_and_the_cli_warns(tmp_path):
     out = tmp_path / "o.onnx"
     res = CliRunner().invoke(main, ["optimize", str(CNN), "--data", str(CAL), "--eval-data", str(EVAL),
                                     "--max-accuracy-drop", "0.5", "--no-latency", "-o", str(out), "--report",
                                     str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
-    record = json.loads((tmp_path / "r.json").read_text())["selection"]["confirmation"]
-    assert record["too_small"] and not record["confirmed"]  # 225 images cannot promise half a point
-    assert "warning: the evaluation data are too small to promise the 0.5-point budget" in res.stderr
-    assert "confirmation" in res.stdout and out.exists()
+    report = json.loads((tmp_path / "r.json").read_text())
+    record = report["selection"]["confirmation"]
+    # 450 images cannot promise half a point (1,312 could): all of them choose, nothing is confirmed, it is said
+    assert record["too_small"] and not record["confirmed"] and record["confirm_samples"] == 0
+    assert record["choose_samples"] == 450 and record["images_needed"] == 1312
+    assert report["accuracy_before"] - report["accuracy_after"] <= 0.5 + 1e-9  # met on all 450, as without
+    assert ("warning: the 450 evaluation images are too few to promise the 0.5-point budget on new data at 90%"
+            in " ".join(res.stderr.split()))
+    assert "not confirmed: 450 evaluation images are too few" in " ".join(res.stdout.split()) and out.exists()
+    alone = optimize(CNN, CAL, eval_data=EVAL, max_accuracy_drop=0.5, measure_latency=False, confirm=False)
+    assert alone.report["params_after"] == report["params_after"]  # the same choice as without confirmation
 
 
 def test_an_unconfirmed_budget_on_ample_data_exits_1_and_writes_nothing(tmp_path, monkeypatch):
