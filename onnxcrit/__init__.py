@@ -35,7 +35,8 @@ or a scale (0 removes the unit; a kept unit's factor is folded into the next lay
 `compute_scores`, `decoupled_scores` and `retrain` load the solver / training stack on first use.
 """
 from .api import Progress, Result, evaluate, optimize
-from .errors import BudgetError, InputError, OnnxcritError, SolveError, UnsupportedModelError, ValidationError
+from .errors import (BudgetError, InputError, OnnxcritError, ResourceError, SolveError, UnsupportedModelError,
+                     ValidationError)
 from .frontend import load_network
 from .ir import Network
 from .measure import layer_table, paired_timings
@@ -48,7 +49,7 @@ from .select import (by_accuracy, by_params, keep_by_threshold, keep_first_remov
 from .validate import check_rewrite
 
 __all__ = ["optimize", "evaluate", "Options", "DEFAULTS", "Result", "write_model", "OnnxcritError", "InputError",
-           "UnsupportedModelError", "SolveError", "BudgetError", "ValidationError",
+           "UnsupportedModelError", "ResourceError", "SolveError", "BudgetError", "ValidationError",
            # the lower-level API (module docstring)
            "load_network", "Network", "compute_scores", "decoupled_scores", "keep_by_threshold", "to_scales",
            "removal_order", "keep_first_removed", "magnitude", "by_accuracy", "by_params", "round_up", "params_after",

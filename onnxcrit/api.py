@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import measure, rounding, select
+from . import measure, resources, rounding, select
 from .bounds import interval_bounds
 from .data import Dataset, load_data
 from .errors import BudgetError, InputError, OnnxcritError, SolveError, naming
@@ -80,8 +80,10 @@ class _Plan:
     mode_reason: str
     workers: int | None
     rescale: bool | None  # how the selection deploys kept units
+    confirm: Any = None  # confirm.Confirmer: an accuracy budget chosen on part of the evaluation data, confirmed
 
 
+@resources.memory_errors_as_one_line
 def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None, options: Options | None = None,
              finetune_data=None, latency_timer: rounding.Timer | None = None, progress: Progress | None = None,
              **changes) -> Result:
@@ -112,15 +114,19 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     loaded = _load(model, data, eval_data, progress, timings)
     plan = _plan(opts, loaded, progress)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
-    # with --reconstruct every candidate (measured, rounded, written) is rewritten with its reconstruction
+    # with --reconstruct every candidate (measured, confirmed, rounded, written) is rewritten with its reconstruction
     builder = _reconstructor(opts, loaded)
     rewrite = builder.rewrite if builder is not None else remove_units
-    measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, loaded.evald, rewrite) \
+    plan = replace(plan, confirm=_confirmer(opts, plan.rule, plan.max_drop, loaded, rewrite))
+    choose_data = plan.confirm.choose if plan.confirm is not None else loaded.evald
+    measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, choose_data, rewrite) \
         if plan.rule == "accuracy budget" else None
     scored, chosen, attempts, opts = _score_and_select(opts, plan, loaded, measure_accuracy, progress, timings)
     candidate, latency = _round(loaded.net, loaded.proto, scored.scores, chosen, plan.rule, opts.round_to,
                                 opts.measure_latency, opts.latency_batch, latency_timer, measure_accuracy,
                                 plan.max_drop, _size_fraction(opts), progress, timings, rewrite)
+    if plan.confirm is not None:  # what is written, if rounding changed the confirmed selection
+        plan.confirm.recheck(chosen, candidate.scales, (candidate.model, candidate.network))
     new_model, new_net, shifts, removed_dead = _rewrite(opts, loaded, scored, candidate, progress, timings, rewrite)
     reference = builder.reference(candidate.scales, candidate.keep) if builder is not None \
         else (loaded.net, candidate.scales)
@@ -169,9 +175,14 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
 
         if mode == "auto":
             mode, reason = decoupled.choose_mode(net, opts.num_samples)
+            if mode == "full":  # small enough by MACs; also within the memory limit?
+                fits, why = resources.fits(net, _largest_build(opts, loaded), opts.memory_limit)
+                mode, reason = ("full", reason) if fits else ("decoupled", f"{why}: one MIP per block")
             if mode == "decoupled":
                 progress.note(f"mode decoupled: {reason}")
         workers = decoupled.default_workers() if workers is None else int(workers)
+    else:
+        resources.check_full(net, _largest_build(opts, loaded), opts.memory_limit, opts.search)
     threshold, max_drop, by_default = opts.threshold, opts.max_accuracy_drop, False
     if opts.target_params is not None:
         rule = "parameter budget"
@@ -194,6 +205,23 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     # kept units are deployed at full strength unless asked otherwise (measured: docs/benchmarks.md)
     rescale = False if (mode == "decoupled" and opts.rescale is None) else opts.rescale
     return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale)
+
+
+def _largest_build(opts: Options, loaded: _Loaded) -> int:
+    """The most calibration images one full MIP of this run will take (--search goes up to SEARCH_GRID's)."""
+    if opts.search:
+        return max([n for n, _ in SEARCH_GRID if n <= len(loaded.calib.x)] or [SEARCH_GRID[0][0]])
+    return opts.num_samples
+
+
+def _confirmer(opts: Options, rule: str, max_drop, loaded: _Loaded, rewrite):
+    """Under an accuracy budget with `confirm`: the evaluation data split into a choose and a confirm part (or,
+    too few to promise the budget, not split and the report says so)."""
+    if rule != "accuracy budget" or not opts.confirm:
+        return None
+    from .confirm import Confirmer
+
+    return Confirmer(loaded.proto, loaded.net, loaded.evald, opts.seed, max_drop, opts.confidence, rewrite)
 
 
 def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accuracy, progress, timings):
@@ -222,22 +250,37 @@ def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accur
                                f"binaries, solved in {scored.solve_seconds:.1f} s")
         done = _timed("select", progress, timings)
         chosen, closest = _select(plan, net, scored.scores, evald, opts, measure_accuracy)
+        if chosen is not None and plan.confirm is not None:
+            chosen.confirmed = plan.confirm.confirm(scored.scores, chosen)
         attempts.append({"lambda": opts.lam, "margin": m, "num_samples": n, "tried": closest.tried})
-        done(chosen.rule if chosen else "budget not met")
+        done(("budget not confirmed" if plan.confirm is not None and chosen.confirmed is None else chosen.rule)
+             if chosen else "budget not met")
         return scored, chosen, closest
 
     n, margin = opts.num_samples, opts.margin
     if opts.search:
         scored, chosen, closest, n, margin = _search(attempt, net, len(calib.x), opts.time_limit, progress)
     else:
+        deadline = time.perf_counter() + opts.time_limit  # one limit for the re-solves too
         while True:
-            scored, chosen, closest = attempt(n, margin, opts.time_limit)
-            if chosen is not None or plan.rule != "accuracy budget" or len(attempts) >= 3:
+            scored, chosen, closest = attempt(n, margin, max(deadline - time.perf_counter(), 0.1))
+            unconfirmed = chosen is not None and plan.confirm is not None and chosen.confirmed is None
+            if (chosen is not None and not unconfirmed) or plan.rule != "accuracy budget" or len(attempts) >= 3:
                 break
             # a wider margin makes the MIP keep more of every image's lead, so it ranks the units differently; a
             # larger lambda would not: once the hinge loss is 0 at the optimum, raising lambda leaves it optimal
+            if deadline - time.perf_counter() < 1.0:
+                progress.note("accuracy budget not met, and the time limit leaves no time to solve again")
+                break
             margin = 2.0 * margin if margin > 0 else 1.0
-            progress.note(f"accuracy budget not met; solving again with margin {margin:g}")
+            progress.note(f"accuracy budget not {'confirmed' if unconfirmed else 'met'}; solving again with margin "
+                          f"{margin:g}")
+    if chosen is not None and plan.confirm is not None:
+        from .confirm import failure_message
+
+        if chosen.confirmed is None:
+            raise BudgetError(failure_message(chosen.confirmation))
+        chosen = chosen.confirmed
     if chosen is None:
         raise BudgetError(_closest_message(plan.rule, net, closest, plan.max_drop, _size_fraction(opts),
                                            measure_accuracy))
@@ -301,6 +344,8 @@ def _measure(opts, plan, loaded, scored, chosen, check, new_model, new_net, remo
     report["mode"], report["mode_reason"] = plan.mode, plan.mode_reason
     report["canonicalised"] = loaded.patterns
     report["selection"]["by_default"] = plan.by_default
+    if chosen.confirmation is not None:
+        report["selection"]["confirmation"] = chosen.confirmation
     report["accuracy_samples"] = int(len(loaded.evald.x) if loaded.evald is not None else len(loaded.calib.x))
     report["agreement_samples"] = int(check.samples)
     report["blocks"] = scored.blocks if plan.mode == "decoupled" else []
@@ -422,7 +467,7 @@ def _select(plan: _Plan, net, scores, evald, opts: Options, accuracy_of):
         return select.by_params(net, scores, fraction, True if plan.rescale is None else plan.rescale, size=size)
     if plan.rule == "accuracy budget":
         return select.by_accuracy(net, scores, evald.x, evald.y, plan.max_drop, plan.rescale,
-                                  accuracy_of=accuracy_of)
+                                  accuracy_of=accuracy_of, ladder=plan.confirm.ladder if plan.confirm is not None else 0)
     notes: list[str] = []
     keep = select.keep_by_threshold(net, scores, plan.threshold, mean_rule=opts.mean_threshold, notes=notes)
     mode = True if plan.rescale is None else bool(plan.rescale)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .errors import InputError, OnnxcritError, naming
+from .errors import InputError, OnnxcritError, ResourceError, naming
 from .options import DEFAULTS, LOSSES, MODES, RECONSTRUCTIONS, SPARSITY, Options
 
 
@@ -40,6 +40,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except OnnxcritError as exc:
             _fail(exc)
+        except MemoryError as exc:  # outside optimize(), which says which stage it was in
+            from .resources import out_of_memory_message
+
+            _fail(ResourceError(out_of_memory_message(None, exc)))
         except KeyboardInterrupt:
             Console(stderr=True).print("onnxcrit: interrupted; nothing was written", markup=False)
             sys.exit(130)
@@ -182,6 +186,10 @@ def _writable_file(path: Path | None, what: str) -> None:
               help="Sparsity term: per-layer mean score or the paper code's.")
 @click.option("--max-accuracy-drop", type=float,
               help="Accuracy budget in points on --eval-data [default with it: 1.0].")
+@click.option("--confirm/--no-confirm", default=DEFAULTS.confirm, show_default=True,
+              help="Accuracy budget: choose on half of --eval-data, confirm on the other half.")
+@click.option("--confidence", type=float, default=DEFAULTS.confidence, show_default=True,
+              help="Confidence of the confirmation's interval of the accuracy drop.")
 @click.option("--target-params", type=float, help="Keep at most this fraction (0-1] of the parameters.")
 @click.option("--target-macs", type=float, help="Keep at most this fraction (0-1] of the MACs per sample.")
 @click.option("--search", is_flag=True,
@@ -208,6 +216,9 @@ def _writable_file(path: Path | None, what: str) -> None:
               help="Seed of the calibration image choice (and fine-tuning).")
 @click.option("--mode", type=click.Choice(MODES), default=DEFAULTS.mode, show_default=True,
               help="One MIP, one per block (decoupled), or by problem size.")
+@click.option("--memory-limit", type=float, metavar="GB",
+              help="Memory a full-mode MIP may take; over it --mode full is refused, auto goes decoupled "
+              "[default: 80% of the free memory].")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Parallel block solves in decoupled mode [default: cores].")
 @click.option("--executor", default=DEFAULTS.executor, show_default=True, metavar="KIND",
@@ -216,19 +227,21 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and warnings.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print calibration, solve and logit-change details.")
 def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,
-             eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, target_params, target_macs,
-             search, compensate_bias, reconstruct, rescale, no_latency, round_to, latency_batch, finetune_data,
-             finetune_epochs, seed, mode, workers, executor, quiet, verbose):
+             eps, num_samples, relax, solver, loss, margin, sparsity, max_accuracy_drop, confirm, confidence,
+             target_params, target_macs, search, compensate_bias, reconstruct, rescale, no_latency, round_to,
+             latency_batch, finetune_data, finetune_epochs, seed, mode, memory_limit, workers, executor, quiet,
+             verbose):
     """Prune MODEL: score units with the MIP, remove the unimportant ones, validate, write the smaller model."""
     from . import api, rounding
     from .output import has_external_data, write_model
-    from .report import calibration_warning, console, dumps, optimize_table, plot
+    from .report import calibration_warning, confirmation_warning, console, dumps, optimize_table, plot
 
     opts = Options(eps=eps, lam=lam, loss=loss, margin=margin, sparsity=sparsity, num_samples=num_samples,
                    relax=relax, solver=solver, time_limit=time_limit, seed=seed, mode=mode, workers=workers,
-                   executor=executor,
+                   executor=executor, memory_limit=memory_limit,
                    search=search, threshold=threshold, mean_threshold=mean_threshold,
-                   max_accuracy_drop=max_accuracy_drop, target_params=target_params, target_macs=target_macs,
+                   max_accuracy_drop=max_accuracy_drop, confirm=confirm, confidence=confidence,
+                   target_params=target_params, target_macs=target_macs,
                    rescale=rescale, compensation=compensate_bias, reconstruct=reconstruct, round_to=round_to,
                    measure_latency=not no_latency, latency_batch=latency_batch, finetune_epochs=finetune_epochs)
     if quiet and verbose:
@@ -258,9 +271,9 @@ def optimize(model, data, output, eval_data, report_path, plot_path, time_limit,
         if plot_path is not None:
             _plot(plot, result, plot_path)
         progress.done("write", str(written))
-    warning = calibration_warning(result.report)
-    if warning is not None:
-        err.print(warning, markup=False, soft_wrap=True)
+    for warning in (calibration_warning(result.report), confirmation_warning(result.report)):
+        if warning is not None:
+            err.print(warning, markup=False, soft_wrap=True)
     if not quiet:
         optimize_table(result.report, console(), verbose=verbose)
     latency = result.report.get("latency")

@@ -25,7 +25,8 @@ parallel solves), processes, or a serial loop; a cluster backend (Ray, Dask) is 
 Deadline: the solve phase gets `time_limit` seconds in all. With B blocks on W workers each block gets the
 share T / ceil(B / W), capped by the time left when it starts: with tasks taken in order by the next free
 worker, block j starts by floor(j / W) shares in, so the last one ends by T even if every block used its whole
-share. The share bounds each block's solve; its build (seconds, measured) comes on top, as in full mode.
+share. The deadline counts from the start of the call: T is what the heads' preparation left of `time_limit`,
+and the share bounds each block's build and solve together (compute_scores), as in full mode.
 """
 from __future__ import annotations
 
@@ -433,7 +434,7 @@ def decoupled_scores(net: Network, x: np.ndarray, y: np.ndarray, *, eps: float =
     x, y: the user's data; the heads are fitted on all of it, the calibration images are chosen from it
     once (or given by `calibration`) and shared by every block. `executor`: any object with
     `map(fn, tasks)`; by default a `local_executor(workers, executor_kind)`. `time_limit` bounds the whole
-    solve phase. Returns the scores keyed by positions in `net.layers`, like `compute_scores`; raises
+    call: the heads' preparation, then each block's build and solve. Returns the scores keyed by positions in `net.layers`, like `compute_scores`; raises
     SolveError when a block has no usable solution (the `result` attribute holds the record) unless
     `raise_on_failure` is False.
     """
@@ -445,6 +446,7 @@ def decoupled_scores(net: Network, x: np.ndarray, y: np.ndarray, *, eps: float =
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     prep = time.perf_counter()
+    deadline = time.time() + time_limit  # the heads' preparation counts too
     if calibration is None:
         indices, skipped = choose_calibration(net, x, y, num_samples, seed, require_all_classes)
     else:
@@ -461,8 +463,7 @@ def decoupled_scores(net: Network, x: np.ndarray, y: np.ndarray, *, eps: float =
     prep_seconds = time.perf_counter() - prep
 
     rounds = math.ceil(len(blocks) / workers)
-    share = time_limit / rounds
-    deadline = time.time() + time_limit
+    share = max(deadline - time.time(), 0.0) / rounds  # what the preparation left, shared by the rounds
     tasks = []
     for j, (b, h) in enumerate(zip(blocks, heads)):
         sub, radius = block_network(net, b, h)
@@ -498,9 +499,10 @@ def _merge(net, results, heads, indices, skipped, prep_seconds, wall, workers, h
     known = [rec for rec in records if rec.objective is not None]
     message = "; ".join(f"block '{r.name}': {r.record.message}" for r in failed)
     if failed and status == "no_solution":
-        share = time_limit / math.ceil(len(results) / workers)
-        message += (f"; each block's solve may take {share:.3g} s of time_limit={time_limit:g} s "
-                    f"({len(results)} blocks on {workers} workers): raise time_limit or workers, or relax")
+        share = max(time_limit - prep_seconds, 0.0) / math.ceil(len(results) / workers)
+        message += (f"; after {prep_seconds:.1f} s of preparation each block's build and solve may take {share:.3g} s "
+                    f"of time_limit={time_limit:g} s ({len(results)} blocks on {workers} workers): raise time_limit "
+                    f"or workers, or relax")
     out = DecoupledScoreResult(
         scores={r.position: r.scores for r in results if r.scores is not None}, status=status,
         objective=sum(rec.objective for rec in known) if len(known) == len(records) else None,

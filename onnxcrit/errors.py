@@ -17,6 +17,10 @@ class UnsupportedModelError(InputError):
     """The model is valid ONNX but not a feed-forward ReLU chain onnxcrit can optimise."""
 
 
+class ResourceError(InputError):
+    """The run would not fit (or did not fit) in the memory: a MIP too large for the machine (exit code 2)."""
+
+
 class SolveError(OnnxcritError):
     """The solver found no usable answer (infeasible, or nothing by the deadline) (exit code 1)."""
 

@@ -38,11 +38,14 @@ class Options:
     mode: str = "auto"  # full, decoupled (one MIP per block) or auto (by problem size)
     workers: int | None = None  # decoupled mode's parallel block solves; None: the number of cores
     executor: str = "threads"  # decoupled mode's block solves: threads, processes, ray or ray:ADDRESS
+    memory_limit: float | None = None  # GB a full-mode MIP may take; None: 80% of the memory available (resources.py)
     search: bool = False  # under an accuracy budget: try api.SEARCH_GRID, keep the best setting
     # the selection
     threshold: float | None = None
     mean_threshold: bool = False
     max_accuracy_drop: float | None = None  # points on the evaluation data
+    confirm: bool = True  # an accuracy budget: chosen on half the evaluation data, confirmed on the other half
+    confidence: float = 0.9  # of the confirmation's interval (two-sided; confirm.py)
     target_params: float | None = None  # fraction of the parameters to keep at most
     target_macs: float | None = None  # fraction of the MACs per sample to keep at most
     rescale: bool | None = None  # kept units at their score (True), full strength (False), or the better
@@ -77,6 +80,8 @@ class Options:
                f"workers must be a positive integer, got {self.workers}")
         yield (not executor_ok(self.executor),
                f"unknown executor {self.executor!r}; expected threads, processes, serial, ray or ray:ADDRESS")
+        yield (self.memory_limit is not None and not (finite(self.memory_limit) and self.memory_limit > 0),
+               f"memory limit must be > 0 GB, got {self.memory_limit}")
         yield (self.threshold is not None and not (0 <= self.threshold <= 1),
                f"threshold must be in [0, 1], got {self.threshold}")
         yield (self.threshold is not None and self.mean_threshold,
@@ -84,6 +89,8 @@ class Options:
         yield (self.max_accuracy_drop is not None
                and not (finite(self.max_accuracy_drop) and 0 <= self.max_accuracy_drop <= 100),
                f"max accuracy drop must be in [0, 100] points, got {self.max_accuracy_drop}")
+        yield (not (finite(self.confidence) and 0 <= self.confidence < 1),
+               f"confidence must be in [0, 1), got {self.confidence}")
         yield (self.target_params is not None and not (0 < self.target_params <= 1),
                f"target params must be a fraction in (0, 1], got {self.target_params}")
         yield (self.target_macs is not None and not (0 < self.target_macs <= 1),

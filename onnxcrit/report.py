@@ -188,9 +188,15 @@ def selection_text(report: dict) -> str:
         budget = options.get("max_accuracy_drop")
         where = (f"{report.get('accuracy_samples', '?'):,} evaluation images" if report.get("accuracy_data") ==
                  "evaluation" else "the evaluation data")
+        confirmation = sel.get("confirmation")
+        if confirmation and confirmation.get("confirm_samples"):
+            where = (f"{confirmation['choose_samples']:,} of the {report.get('accuracy_samples', '?'):,} evaluation "
+                     f"images (the other {confirmation['confirm_samples']:,} check it)")
         before = report.get("accuracy_before")
         after = (report.get("finetune") or {}).get("accuracy_before", report.get("accuracy_after"))
         accuracy = f" ({before:.2f}% -> {after:.2f}%)" if before is not None and after is not None else ""
+        if confirmation and confirmation.get("confirm_samples"):
+            accuracy = ""  # measured on all the evaluation images, not on the part the budget was met on
         measured = sum(len(a.get("tried", [])) for a in sel.get("attempts", []))
         text = (f"accuracy budget {_points(budget)}{' (the default with --eval-data)' if default else ''} on "
                 f"{where}: removed the {removed:,} lowest-scored units (of {scored:,}) while accuracy stayed within "
@@ -251,6 +257,23 @@ def calibration_warning(report: dict) -> str | None:
             f"which flatters it; give held-out data with --eval-data")
 
 
+def confirmation_warning(report: dict) -> str | None:
+    """The warning line when the evaluation data were too small to confirm the accuracy budget, else None."""
+    record = (report.get("selection") or {}).get("confirmation")
+    if not record or not record.get("too_small") or record.get("confirmed"):
+        return None
+    needed = record.get("images_needed")
+    more = f"give {needed:,}+ evaluation images or a larger budget" if needed else "give a larger budget"
+    if not record.get("confirm_samples"):
+        return (f"warning: the {record['choose_samples']:,} evaluation images are too few to promise the "
+                f"{record['budget']:g}-point budget on new data at {record['confidence']:.0%}; it was met on them "
+                f"only; {more}")
+    return (f"warning: the evaluation data are too small to promise the {record['budget']:g}-point budget on new "
+            f"data: {record['confirm_samples']:,} confirmation images give a {record['confidence']:.0%} interval of "
+            f"[{record['interval'][0]:.2f}, {record['interval'][1]:.2f}] points for the drop; the removal was chosen "
+            f"on the other {record['choose_samples']:,} and is not confirmed; {more}")
+
+
 def optimize_table(report: dict, console: Console, verbose: bool = False) -> None:
     """The before/after table `onnxcrit optimize` prints, then one line per fact, each saying what it counts."""
     table = Table(title="onnxcrit: before -> after", title_justify="left")
@@ -307,6 +330,8 @@ def optimize_table(report: dict, console: Console, verbose: bool = False) -> Non
     lines.append(("selection", selection_text(report)))
     if (sel.get("reconstruct") or {}).get("method", "none") != "none":
         lines.append(("reconstruction", reconstruction_text(sel["reconstruct"])))
+    if sel.get("confirmation"):
+        lines.append(("confirmation", sel["confirmation"]["message"]))
     used = len(report.get("calibration", {}).get("indices", []))
     lines.append(("never active", f"{report['dead_units_removed']} of the removed units never fired on the "
                                   f"{used} calibration images the MIP used"))

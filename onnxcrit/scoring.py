@@ -1,6 +1,7 @@
 """The scoring stage: calibration images -> OAMIP -> solver -> a score per prunable unit."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -8,9 +9,11 @@ import numpy as np
 from .calibration import choose_calibration
 from .errors import InputError, SolveError
 from .formulation import build_problem
-from .formulation.model import STABLE_ON
+from .formulation.model import STABLE_ON, BuildTimeout
 from .options import Options
 from .solve import solve
+
+MIN_SOLVE_SECONDS = 0.5  # less than this left after the build: no solver is started (its process takes ~0.3 s)
 
 
 @dataclass
@@ -51,11 +54,13 @@ def compute_scores(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam:
     relax=True (default) solves the LP relaxation (binaries in [0, 1]) by interior point: on every model
     measured it gave the same scores as the MIP, in a fraction of the time (README, benchmarks/scores.py).
     The calibration images are chosen by `choose_calibration` unless `calibration` gives their indices.
-    The solve stops at `time_limit` seconds (wall clock, enforced by killing the solver process); the
-    best solution found by then is used and the status says so. Without a usable solution (infeasible,
+    `time_limit` (seconds, wall clock) covers the whole call: choosing the images, building the problem (checked
+    after every layer) and the solve, which gets what the build left and is enforced by killing the solver
+    process; the best solution found by then is used and the status says so. Without a usable solution (infeasible,
     nothing found in time) a SolveError is raised whose `result` attribute holds the record, unless
     `raise_on_failure` is False.
     """
+    start = time.monotonic()
     _check_options(eps, lam, loss, margin, sparsity, solver, time_limit, threads, stable_on)
     if calibration is None:
         indices, skipped = choose_calibration(net, x, y, num_samples, seed, require_all_classes)
@@ -64,10 +69,19 @@ def compute_scores(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam:
     xs = np.asarray(x, dtype=np.float64).reshape(len(x), *net.input_shape)[indices]
     ys = np.asarray(y).astype(np.int64)[indices]
 
-    form = build_problem(net, xs, ys, eps=eps, lam=lam, loss=loss, margin=margin, sparsity=sparsity,
-                         relax=relax, stable_on=stable_on)
+    try:
+        form = build_problem(net, xs, ys, eps=eps, lam=lam, loss=loss, margin=margin, sparsity=sparsity,
+                             relax=relax, stable_on=stable_on, deadline=start + time_limit)
+    except BuildTimeout as late:
+        return _out_of_time(f"building the problem passed time_limit={time_limit:g} s {late}", late.seconds,
+                            time.monotonic() - start, indices, skipped, solver, relax, raise_on_failure)
     milp = form.milp
-    answer = solve(milp, solver=solver, time_limit=time_limit, threads=threads, seed=seed)
+    left = time_limit - (time.monotonic() - start)
+    if left < MIN_SOLVE_SECONDS:
+        return _out_of_time(f"building the problem took {form.build_seconds:.1f} s of time_limit={time_limit:g} s, "
+                            f"leaving {max(left, 0):.1f} s to solve", form.build_seconds, time.monotonic() - start,
+                            indices, skipped, solver, relax, raise_on_failure)
+    answer = solve(milp, solver=solver, time_limit=left, threads=threads, seed=seed)
     message = answer.message
     if answer.status == "infeasible":
         message = ("the MIP is infeasible, although the unpruned network (every score 1) should satisfy it; "
@@ -85,6 +99,21 @@ def compute_scores(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam:
         calibration_indices=indices, skipped=skipped, solver=answer.solver, relaxed=relax, message=message,
         unit_stats=form.unit_stats, binaries_by_origin=dict(form.binaries))
     if raise_on_failure and not result.ok:
+        err = SolveError(message)
+        err.result = result
+        raise err
+    return result
+
+
+def _out_of_time(what: str, build_seconds: float, seconds: float, indices, skipped, solver: str, relax: bool,
+                 raise_on_failure: bool) -> ScoreResult:
+    """The record (and, by default, the SolveError) of a call whose time ran out before the solve."""
+    message = (f"no solution: {what}; raise the time limit, or use fewer calibration images or --mode decoupled")
+    result = ScoreResult(scores={}, status="no_solution", objective=None, bound=None, gap=None, variables=0,
+                         binaries=0, constraints=0, nonzeros=0, build_seconds=build_seconds,
+                         solve_seconds=max(seconds - build_seconds, 0.0), calibration_indices=indices,
+                         skipped=skipped, solver=solver, relaxed=relax, message=message)
+    if raise_on_failure:
         err = SolveError(message)
         err.result = result
         raise err

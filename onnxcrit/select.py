@@ -22,6 +22,8 @@ class Selection:
     notes: list[str] = field(default_factory=list)
     tried: list[dict] = field(default_factory=list)
     rescaled: bool = True  # kept units deployed at their score (else at full strength)
+    confirmation: dict | None = None  # an accuracy budget confirmed on other images (confirm.Confirmer)
+    confirmed: "Selection | None" = None  # the confirmed selection this one led to (None: none confirmed)
 
 
 def input_mask(net: Network, position: int, keep: dict[int, np.ndarray]) -> np.ndarray:
@@ -132,15 +134,16 @@ def keep_first_removed(scores: dict[int, np.ndarray], order: list[tuple[int, int
 
 def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: np.ndarray, max_drop: float,
                 rescale: bool | None = None, baseline: float | None = None,
-                accuracy_of: Callable[[dict[int, np.ndarray] | None], float] | None = None
+                accuracy_of: Callable[[dict[int, np.ndarray] | None], float] | None = None, ladder: int = 0
                 ) -> tuple[Selection | None, Selection]:
     """Remove as many units (lowest score first) as possible while accuracy on (x, y) drops <= max_drop points.
 
     A coarse grid over the number of removed units, then bisection between the last count that met the budget
     and the next that did not. rescale None tries kept units both at their score and at full strength and keeps
     the more accurate. `accuracy_of(scales)` measures a candidate (None: the unpruned network); by default the
-    IR's forward pass on (x, y). Returns (the selection meeting the budget with the fewest parameters, or None
-    when no removal at all meets it; the closest selection).
+    IR's forward pass on (x, y). `ladder` > 0 also measures that many evenly spaced counts up to the one chosen
+    (the rungs `confirm.Confirmer` steps through; they cannot change the choice). Returns (the selection meeting
+    the budget with the fewest parameters, or None when no removal at all meets it; the closest selection).
     """
     if accuracy_of is None:
         accuracy_of = lambda scales: accuracy(net, x, y, scales)  # noqa: E731
@@ -178,6 +181,8 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
                 good = mid
             else:
                 bad = mid
+        for count in sorted(set(int(round(v)) for v in np.linspace(1, good, min(ladder, good)))):
+            attempt(count)
     rows = [{k: v for k, v in tried[c].items() if k != "_scales"} for c in sorted(tried)]
     meeting = [c for c in tried if tried[c]["drop"] <= max_drop + 1e-9]
     best = min(meeting, key=lambda c: (tried[c]["params_after"], c)) if meeting else None

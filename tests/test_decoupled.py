@@ -164,9 +164,10 @@ def test_global_deadline_splits_and_stops():
     net, x, y = case("digits_cnn")
     # 3 blocks on 2 workers: 2 rounds, each block may use half the limit
     res = decoupled_scores(net, x, y, workers=2, time_limit=40)
-    assert {b["time_limit"] for b in res.blocks} <= {20.0}
-    # shares too short to start a solver: nothing is solved, the error says why and holds the record
-    with pytest.raises(SolveError, match="too short") as err:
+    assert all(15.0 < b["time_limit"] <= 20.0 for b in res.blocks)  # half of what the heads' preparation left
+    # shares too short to start a solver (or nothing left after the preparation on a slow machine): nothing is
+    # solved, the error says why and holds the record
+    with pytest.raises(SolveError, match="too short|the global deadline had passed") as err:
         decoupled_scores(net, x, y, workers=1, time_limit=0.9)
     assert err.value.result.status == "no_solution"
     assert [b["status"] for b in err.value.result.blocks] == ["no_solution"] * 3

@@ -28,6 +28,14 @@ BUILDERS = {
 }
 
 SPARSITY = ("mean", "paper")
+
+
+class BuildTimeout(Exception):
+    """The build passed its deadline (checked after every layer); `layer` is the last one built."""
+
+    def __init__(self, layer: int, layers: int, seconds: float):
+        super().__init__(f"after layer {layer + 1} of {layers} ({seconds:.1f} s)")
+        self.layer, self.layers, self.seconds = layer, layers, seconds
 STABLE_ON = ("linear", "nonneg")
 
 
@@ -63,8 +71,12 @@ class Formulation:
 
 def build_problem(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam: float = 5.0,
                   loss: str = "hinge", margin: float = 1.0, sparsity: str = "mean", relax: bool = False,
-                  stable_on: str = "linear", bounds: Bounds | None = None) -> Formulation:
-    """The OAMIP of METHOD.md for the images x [N, *input_shape] with labels y [N]."""
+                  stable_on: str = "linear", bounds: Bounds | None = None,
+                  deadline: float | None = None) -> Formulation:
+    """The OAMIP of METHOD.md for the images x [N, *input_shape] with labels y [N].
+
+    deadline: a time.monotonic() value; past it after any layer, BuildTimeout is raised (a layer is not cut
+    short, so the overshoot is at most one layer's build)."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     if sparsity not in SPARSITY:
@@ -93,6 +105,8 @@ def build_problem(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam: 
         # at every score 1 the expressions must reproduce the forward pass (cheap: one product)
         gap = pb.ref_value(X, np.arange(X.rows)) - ctx.activations[i].reshape(-1)
         deviation[i] = float(np.abs(gap).max(initial=0.0))
+        if deadline is not None and time.monotonic() > deadline:
+            raise BuildTimeout(i, len(layers), time.perf_counter() - start)
 
     logits0 = ctx.activations[-1]
     add_loss(ctx, X, y, logits0, kind=loss, margin=margin, weight=lam)
