@@ -8,8 +8,8 @@ score) are folded in, so the reconstructed network, run with every kept unit at 
 (`Reconstruction.network`, `Reconstruction.scales`), is what `write` puts into the ONNX tensors the IR's
 in_refs / out_refs name. Validation compares the written model with that network's forward pass.
 
-Methods, each fitted layer by layer in order on the pruned network's own activations (so each fit sees the
-pruning and reconstruction upstream), with the unpruned network's pre-activation of the next layer as target:
+Methods (bias, scale and lsq are fitted layer by layer in order on the pruned network's own activations, so each
+fit sees the pruning and reconstruction upstream, with the unpruned network's pre-activation as target):
 - none: the selection as it is (removed units cut, kept units at their factor);
 - bias: the weights as selected, the bias refitted: the mean of what the unpruned layer computed minus what the
   pruned one computes (with nothing changed upstream and kept units at full strength this is exactly
@@ -21,7 +21,7 @@ pruning and reconstruction upstream), with the unpruned network's pre-activation
 - merge: data-free neuron merging (Kim et al. 2020): each removed unit's outgoing weights, times the ratio of
   the norms of its and its partner's incoming weights (bias included), are added to the kept unit whose incoming
   weights are the most similar (cosine); exact when the two are proportional, as ReLU is positively homogeneous.
-`auto` (in `Reconstructor`) builds every method and keeps the one most accurate on the accuracy data.
+`auto` (in `Reconstructor`) builds every method and keeps the one most accurate on the evaluation data.
 With nothing removed and every factor 1 no layer changes (each fit's optimum is then the layer itself).
 """
 from __future__ import annotations
