@@ -257,8 +257,9 @@ def message(record: dict) -> str:
     more = (f"give {needed:,}+ evaluation images or a larger budget" if needed is not None else
             "a budget of 0 can only be confirmed at --confidence 0")
     if record["confirm_samples"] == 0:
-        return (f"not confirmed: {record['choose_samples']:,} evaluation images are too few to set half aside and "
-                f"promise a {budget:g}-point budget at {c:.0%} on new data (the budget was met on all of them); {more}")
+        enough = f"{needed:,}+ would be" if needed is not None else "no number is, at this confidence"
+        return (f"not confirmed: {record['choose_samples']:,} evaluation images are too few to promise a "
+                f"{budget:g}-point budget on new data at {c:.0%} ({enough}); it was met on all of them")
     lo, hi = record["interval"]
     n = record["confirm_samples"]
     measured = (f"drop {record['drop_on_confirm']:.2f} points on the {n:,} confirmation images (not used to choose; "

@@ -6,19 +6,20 @@ sparse product (`formulation.base.ProblemBuilder.linear_map`): the Kronecker pro
 the layer's per-image matrix (dense: its weight; conv: output channel x position by input channel x pixel, one
 nonzero per multiply-accumulate that falls inside the input), times the layer's input expressions. Building it
 holds several arrays as long as N times that matrix's nonzeros at once (COO -> CSR, the product, a CSC copy),
-so the largest layer sets the build's peak. The solver process then loads the finished problem; on every model
-measured its peak was about the build's (tools/bench_memory.py, docs/benchmarks.md), and while it runs the
-onnxcrit process still holds the problem and the formulation.
+so the largest layer sets the build's peak. The solver process then loads the finished problem while the
+onnxcrit process still holds it; together they stayed below the build's peak on every model measured.
 
 The estimate, from the network and N alone:
 
     bytes = BYTES_PER_NONZERO x N x (nonzeros of the largest per-image matrix) + BASE_BYTES
 
-BYTES_PER_NONZERO was fitted on the sampled peak of the onnxcrit process plus its solver process (build and
-solve) over the digits MLP and CNN (N 10-200), LeNet-5 (N 10-100) and a wide CNN (conv 64-128-256 at
-32 x 32 x 3, N 1-3); the estimate is within a factor 1.5 of every measured peak above 100 MB
-(tools/results/bench_memory.md). `nonzeros` (reported) is N times the nonzeros of all per-image matrices: the
-entries the build multiplies out (VGG-11 at 32 x 32 with 10 images: 1.1e9).
+Measured (tools/bench_memory.py on the digits models, LeNet-5 with N 10-100 and a wide CNN, conv 64-128-256 at
+32 x 32 x 3, with N 1-3; tools/results/bench_memory.md): the peak of the onnxcrit process and its solver process
+together was the build's, 37-49 bytes per nonzero of the largest layer matrix on the larger problems, and the
+solve never went above it. With 50 bytes the estimate was never below the measured peak and at most 1.9 times it
+above 250 MB (2.6 times on small problems, where the solver process's fixed size dominates). `nonzeros`
+(reported) is N times the nonzeros of all per-image matrices: the entries the build multiplies out (VGG-11 at
+32 x 32 with 10 images: 1.1e9, for an estimate of 16 GB).
 
 The limit: `Options.memory_limit` (GB) or, by default, MEMORY_FRACTION of the memory available when the run
 starts (MemAvailable in /proc/meminfo, capped by a cgroup's limit; os.sysconf elsewhere). A full-mode run over it

@@ -73,7 +73,7 @@ def test_deadline_holds_when_nothing_is_found(tmp_path):
                                        str(limit), "-o", str(tmp_path / "out.onnx")], catch_exceptions=False)
     elapsed = time.perf_counter() - start
     assert result.exit_code == 1, result.output
-    assert "no solution within" in result.output
+    assert "no solution" in result.output
     # the solve itself is held to the limit (tests/test_solve.py times it alone); loading, building the
     # problem and starting the solver process come on top, slower on a loaded machine
     assert elapsed < limit * 1.1 + 6.0, elapsed
