@@ -115,10 +115,12 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     plan = _plan(opts, loaded, progress)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
     # with --reconstruct every candidate (measured, confirmed, rounded, written) is rewritten with its reconstruction
-    builder = _reconstructor(opts, loaded)
+    compare_on = [loaded.evald]  # what --reconstruct auto compares on: the part of --eval-data the search sees
+    builder = _reconstructor(opts, loaded, compare_on)
     rewrite = builder.rewrite if builder is not None else remove_units
     plan = replace(plan, confirm=_confirmer(opts, plan.rule, plan.max_drop, loaded, rewrite))
     choose_data = plan.confirm.choose if plan.confirm is not None else loaded.evald
+    compare_on[0] = choose_data
     measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, choose_data, rewrite) \
         if plan.rule == "accuracy budget" else None
     scored, chosen, attempts, opts = _score_and_select(opts, plan, loaded, measure_accuracy, progress, timings)
@@ -289,16 +291,17 @@ def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accur
     return scored, chosen, attempts, replace(opts, num_samples=n, margin=margin)
 
 
-def _reconstructor(opts: Options, loaded: _Loaded) -> Reconstructor | None:
+def _reconstructor(opts: Options, loaded: _Loaded, compare_on: list) -> Reconstructor | None:
     """The rewrite with reconstruction (statistics on the calibration file's images; `auto` compares the methods
-    on the evaluation data), or None without one."""
+    on compare_on[0]: the evaluation data the search sees, not a confirmation half), or None without one."""
     if opts.reconstruct == "none":
         return None
     data = loaded.evald
     if opts.reconstruct == "auto" and data is None:  # the calibration images are what the fits were made on
         raise InputError("--reconstruct auto compares the methods on held-out data; give --eval-data")
     return Reconstructor(loaded.proto, loaded.net, opts.reconstruct, loaded.calib.x, seed=opts.seed,
-                         measure=lambda model, network: _model_accuracy(model, network, data, loaded.net.input_dtype))
+                         measure=lambda model, network: _model_accuracy(model, network, compare_on[0],
+                                                                        loaded.net.input_dtype))
 
 
 def _rewrite(opts: Options, loaded: _Loaded, scored, candidate, progress, timings, rewrite=remove_units):
