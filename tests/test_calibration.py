@@ -132,7 +132,8 @@ def test_failures_raise_solve_error_with_the_record(mlp, monkeypatch):
     net, x, y = mlp
     with pytest.raises(SolveError, match="no solution within time_limit") as err:
         compute_scores(net, x, y, time_limit=0.01)
-    assert err.value.result.status == "no_solution" and err.value.result.variables > 0
+    # the limit covers the build too: 0.01 s may end it before the problem exists (no sizes), or leave no solve
+    assert err.value.result.status == "no_solution" and err.value.result.variables >= 0
     infeasible = SolveResult("infeasible", None, None, None, None, 0.1, "highs", "Infeasible")
     monkeypatch.setattr(scoring, "solve", lambda *a, **k: infeasible)
     res = compute_scores(net, x, y, raise_on_failure=False)

@@ -208,3 +208,21 @@ def test_an_unconfirmed_budget_on_ample_data_exits_1_and_writes_nothing(tmp_path
     assert "no removal kept the accuracy drop within 1 points on the 5,000 confirmation images" in res.output
     with pytest.raises(BudgetError, match="--no-confirm"):
         optimize(CNN, CAL, eval_data=EVAL, measure_latency=False)
+
+
+def test_a_model_changed_after_confirmation_is_measured_again_and_warned_about():
+    from onnxcrit.report import confirmation_warning
+
+    net, _ = load_network(MLP)
+    scores, chosen = ladder(net, [1, 5])
+    fake = FakeConfirmer(net, 1000, 1.0, lambda removed: 30 if removed > 5 else 0)
+    sel = fake.confirm(scores, chosen)
+    assert sel.confirmation["confirmed"]
+    fake.recheck(sel, {i: s.copy() for i, s in sel.scales.items()})  # the same model: nothing to measure
+    assert sel.confirmation["confirmed"] and fake.tested == [1, 5]
+    changed = {i: np.where(np.arange(len(s)) < 8, 0.0, 1.0) for i, s in sel.scales.items()}  # 8 units out
+    fake.recheck(sel, changed)
+    record = sel.confirmation
+    assert not record["confirmed"] and not record["too_small"] and record["drop_on_confirm"] == pytest.approx(3.0)
+    warning = confirmation_warning({"selection": {"confirmation": record}})
+    assert warning.startswith("warning: the written model is not confirmed") and "--round-to 1" in warning

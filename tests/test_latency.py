@@ -222,7 +222,9 @@ def test_not_slower_prints_no_warning(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["optimize", str(CNN), "--data", str(CNN_CAL), "--eval-data", str(CNN_EVAL),
                                        "-o", str(tmp_path / "o.onnx")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "warning:" not in result.output
+    # no latency warning (the one there is says 450 images cannot confirm the 1-point budget on new data)
+    assert [line for line in result.output.splitlines() if line.startswith("warning:")
+            and "confirm" not in line and "too few to promise" not in line] == []
     assert "conv rounding none: the fastest of --round-to 1, 4, 8 here" in " ".join(result.output.split())
 
 
