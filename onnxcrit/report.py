@@ -260,8 +260,14 @@ def calibration_warning(report: dict) -> str | None:
 def confirmation_warning(report: dict) -> str | None:
     """The warning line when the evaluation data were too small to confirm the accuracy budget, else None."""
     record = (report.get("selection") or {}).get("confirmation")
-    if not record or not record.get("too_small") or record.get("confirmed"):
+    if not record or record.get("confirmed"):
         return None
+    if not record.get("too_small"):  # confirmed, then changed by the conv rounding (confirm.Confirmer.recheck)
+        lo, hi = record["interval"]
+        return (f"warning: the written model is not confirmed: with conv channels rounded back in it lost "
+                f"{record['drop_on_confirm']:.2f} points on the {record['confirm_samples']:,} confirmation images, "
+                f"{record['confidence']:.0%} interval [{lo:.2f}, {hi:.2f}], beyond the {record['budget']:g}-point "
+                f"budget; --round-to 1 writes the confirmed selection")
     needed = record.get("images_needed")
     more = f"give {needed:,}+ evaluation images or a larger budget" if needed else "give a larger budget"
     if not record.get("confirm_samples"):

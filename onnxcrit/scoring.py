@@ -13,8 +13,6 @@ from .formulation.model import STABLE_ON, BuildTimeout
 from .options import Options
 from .solve import solve
 
-MIN_SOLVE_SECONDS = 0.5  # less than this left after the build: no solver is started (its process takes ~0.3 s)
-
 
 @dataclass
 class ScoreResult:
@@ -73,14 +71,15 @@ def compute_scores(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam:
         form = build_problem(net, xs, ys, eps=eps, lam=lam, loss=loss, margin=margin, sparsity=sparsity,
                              relax=relax, stable_on=stable_on, deadline=start + time_limit)
     except BuildTimeout as late:
-        return _out_of_time(f"building the problem passed time_limit={time_limit:g} s {late}", late.seconds,
-                            time.monotonic() - start, indices, skipped, solver, relax, raise_on_failure)
+        return _out_of_time(f"building the problem passed it after layer {late.layer + 1} of {late.layers} "
+                            f"({late.seconds:.1f} s)", time_limit, late.seconds, time.monotonic() - start, indices,
+                            skipped, solver, relax, raise_on_failure)
     milp = form.milp
     left = time_limit - (time.monotonic() - start)
-    if left < MIN_SOLVE_SECONDS:
-        return _out_of_time(f"building the problem took {form.build_seconds:.1f} s of time_limit={time_limit:g} s, "
-                            f"leaving {max(left, 0):.1f} s to solve", form.build_seconds, time.monotonic() - start,
-                            indices, skipped, solver, relax, raise_on_failure)
+    if left <= 0:
+        return _out_of_time(f"building the problem took {form.build_seconds:.1f} s of it, none was left to solve",
+                            time_limit, form.build_seconds, time.monotonic() - start, indices, skipped, solver, relax,
+                            raise_on_failure, milp)
     answer = solve(milp, solver=solver, time_limit=left, threads=threads, seed=seed)
     message = answer.message
     if answer.status == "infeasible":
@@ -89,7 +88,8 @@ def compute_scores(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam:
                    + (f" ({'; '.join(form.notes)})" if form.notes else "")
                    + f"; try a larger eps than {eps:g}" + ("" if relax else " or relax=True"))
     elif answer.status == "no_solution":
-        message = (f"no solution within time_limit={time_limit:g} s ({answer.message}); raise time_limit"
+        message = (f"no solution within time_limit={time_limit:g} s (building the problem took "
+                   f"{form.build_seconds:.1f} s, the solve the rest: {answer.message}); raise time_limit"
                    + (", or use fewer calibration images" if relax else ", or use relax=True"))
     result = ScoreResult(
         scores=form.scores(answer.x) if answer.x is not None else {},
@@ -105,14 +105,17 @@ def compute_scores(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam:
     return result
 
 
-def _out_of_time(what: str, build_seconds: float, seconds: float, indices, skipped, solver: str, relax: bool,
-                 raise_on_failure: bool) -> ScoreResult:
+def _out_of_time(what: str, time_limit: float, build_seconds: float, seconds: float, indices, skipped, solver: str,
+                 relax: bool, raise_on_failure: bool, milp=None) -> ScoreResult:
     """The record (and, by default, the SolveError) of a call whose time ran out before the solve."""
-    message = (f"no solution: {what}; raise the time limit, or use fewer calibration images or --mode decoupled")
-    result = ScoreResult(scores={}, status="no_solution", objective=None, bound=None, gap=None, variables=0,
-                         binaries=0, constraints=0, nonzeros=0, build_seconds=build_seconds,
-                         solve_seconds=max(seconds - build_seconds, 0.0), calibration_indices=indices,
-                         skipped=skipped, solver=solver, relaxed=relax, message=message)
+    message = (f"no solution within time_limit={time_limit:g} s: {what}; raise the time limit, or use fewer "
+               f"calibration images or --mode decoupled")
+    sizes = (dict(variables=milp.num_cols, binaries=milp.num_integer if not relax else 0, constraints=milp.num_rows,
+                  nonzeros=int(milp.A.nnz)) if milp is not None else
+             dict(variables=0, binaries=0, constraints=0, nonzeros=0))
+    result = ScoreResult(scores={}, status="no_solution", objective=None, bound=None, gap=None, **sizes,
+                         build_seconds=build_seconds, solve_seconds=max(seconds - build_seconds, 0.0),
+                         calibration_indices=indices, skipped=skipped, solver=solver, relaxed=relax, message=message)
     if raise_on_failure:
         err = SolveError(message)
         err.result = result

@@ -208,3 +208,36 @@ def test_an_unconfirmed_budget_on_ample_data_exits_1_and_writes_nothing(tmp_path
     assert "no removal kept the accuracy drop within 1 points on the 5,000 confirmation images" in res.output
     with pytest.raises(BudgetError, match="--no-confirm"):
         optimize(CNN, CAL, eval_data=EVAL, measure_latency=False)
+
+
+def test_a_model_changed_after_confirmation_is_measured_again_and_warned_about():
+    from onnxcrit.report import confirmation_warning
+
+    net, _ = load_network(MLP)
+    scores, chosen = ladder(net, [1, 5])
+    fake = FakeConfirmer(net, 1000, 1.0, lambda removed: 30 if removed > 5 else 0)
+    sel = fake.confirm(scores, chosen)
+    assert sel.confirmation["confirmed"]
+    fake.recheck(sel, {i: s.copy() for i, s in sel.scales.items()})  # the same model: nothing to measure
+    assert sel.confirmation["confirmed"] and fake.tested == [1, 5]
+    changed = {i: np.where(np.arange(len(s)) < 8, 0.0, 1.0) for i, s in sel.scales.items()}  # 8 units out
+    fake.recheck(sel, changed)
+    record = sel.confirmation
+    assert not record["confirmed"] and not record["too_small"] and record["drop_on_confirm"] == pytest.approx(3.0)
+    warning = confirmation_warning({"selection": {"confirmation": record}})
+    assert warning.startswith("warning: the written model is not confirmed") and "--round-to 1" in warning
+
+
+def test_search_picks_its_setting_on_the_choose_half_and_confirms_that_one():
+    res = optimize(CNN, CAL, eval_data=EVAL, max_accuracy_drop=2.0, search=True, measure_latency=False)
+    attempts = res.report["selection"]["attempts"]
+    record = res.report["selection"]["confirmation"]
+    assert len(attempts) == 9 and record["confirm_samples"] == 225
+    # the setting kept is the one removing the most within the budget on the choose half (its own candidates)
+    best = [min((t["params_after"] for t in a["tried"] if t["drop"] <= 2.0 + 1e-9), default=None) for a in attempts]
+    winner = best.index(min(b for b in best if b is not None))
+    options = res.report["options"]
+    assert (attempts[winner]["num_samples"], attempts[winner]["margin"]) == (options["num_samples"],
+                                                                             options["margin"])
+    # and what is written is a rung of that setting's ladder, confirmed (or said not to be)
+    assert record["ladder"] and res.report["params_after"] >= min(b for b in best if b is not None)
