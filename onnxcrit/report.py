@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .ir import Network
+from .rounding import SLOWER  # below this speed-up the written model counts as slower (noise)
 
 
 def _shape(dims) -> str:
@@ -306,7 +307,7 @@ def optimize_table(report: dict, console: Console, verbose: bool = False) -> Non
     for batch, lat in batches:
         speedup = lat["before_ms"] / max(lat["after_ms"], 1e-9)
         lines.append((f"latency b{batch}", f"{lat['before_ms']:.3f} -> {lat['after_ms']:.3f} ms (speed-up "
-                                           f"x{speedup:.2f}{', i.e. slower' if speedup < 1 else ''}; onnxruntime, "
+                                           f"x{speedup:.2f}{', i.e. slower' if speedup < SLOWER else ''}; onnxruntime, "
                                            "1 thread, median)"))
     round_to, added = report["selection"].get("round_to", 1), report["selection"].get("units_added", 0)
     what = (f"kept channels up to multiples of {round_to} ({added} added back)" if round_to != 1 else "none")
