@@ -5,7 +5,6 @@ The CLI is a thin shell over these two functions.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field, replace

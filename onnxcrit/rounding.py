@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 
 from . import measure, select
-from .errors import InputError
 from .ir import Network
 from .rewrite import remove_units
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
 from onnxcrit import api, select
 from onnxcrit.canonical import canonicalise

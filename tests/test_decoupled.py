@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from onnxcrit import api
 from onnxcrit.cli import main
 from onnxcrit.decoupled import (AUTO_MACS, BlockTask, block_features, block_network, choose_mode, decoupled_scores,
-                                fit_heads, local_executor, solve_block, split_blocks)
+                                fit_heads, solve_block, split_blocks)
 from onnxcrit.errors import SolveError
 from onnxcrit.frontend import load_network
 from onnxcrit.ir import Conv, Network, Relu

@@ -53,7 +53,7 @@ def prune(path, fraction=0.4, seed=0) -> tuple[onnx.ModelProto, dict[str, list[i
     arrays = _inits(proto)
     rng = np.random.default_rng(seed)
     lin = net.linear_indices()
-    kept, prev = {}, None
+    kept, prev, prev_units = {}, None, 0
     for pos in lin:
         layer = net.layers[pos]
         if pos != lin[-1]:

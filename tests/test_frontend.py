@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 from hypothesis import given, settings, strategies as st
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from onnxcrit.errors import InputError, UnsupportedModelError
 from onnxcrit.frontend import load_network, to_network

@@ -1,7 +1,6 @@
 """Solver backends, statuses and the hard deadline enforced by killing the solver's process group."""
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 

@@ -169,7 +169,6 @@ def table(rows: list[dict]) -> str:
             "estimate MB | estimate / peak |")
     out = [head, "|" + "---|" * 11]
     for r in rows:
-        mb = 2**20
         out.append(f"| {r['label']} | {r['n']} | {r['largest']:,} | {r['nonzeros']:,} | {r['build_s']:.2f} | "
                    f"{r['solve_s']:.2f} | {r['parent_mb']:.0f} | {r['tree_mb']:.0f} | {r['traced_mb']:.0f} | "
                    f"{r['est_mb']:.0f} | {r['est_mb'] / max(r['tree_mb'], r['parent_mb'], 1):.2f} |")
