@@ -111,6 +111,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     progress = progress or Progress()
     timings: dict[str, float] = {}
     loaded = _load(model, data, eval_data, progress, timings)
+    if finetune_data is not None and not loaded.net.is_chain():
+        raise InputError("fine-tuning maps a chain of layers onto torch; this model is a branching graph")
     plan = _plan(opts, loaded, progress)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
     # with --reconstruct every candidate (measured, confirmed, rounded, written) is rewritten with its reconstruction
@@ -171,6 +173,10 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     """The selection rule and the mode, from the options and whether there is evaluation data."""
     net, evald = loaded.net, loaded.evald
     mode, reason, workers = opts.mode, "requested", opts.workers
+    if not net.is_chain():
+        _check_branching(opts, net)
+        if mode == "auto":
+            mode, reason = "full", "a branching graph (one MIP for the whole network)"
     if mode != "full":
         from . import decoupled
 
@@ -206,6 +212,17 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     # kept units are deployed at full strength unless asked otherwise (measured: docs/benchmarks.md)
     rescale = False if (mode == "decoupled" and opts.rescale is None) else opts.rescale
     return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale)
+
+
+def _check_branching(opts: Options, net) -> None:
+    """What does not take branching graphs yet, refused in one line before any work."""
+    merge = next((layer for layer in net.layers if layer.kind in ("add", "concat")), None)
+    shape = f"a branching graph ({merge.kind} '{merge.name}')" if merge else "a branching graph"
+    if opts.mode == "decoupled":
+        raise InputError(f"--mode decoupled needs a chain of layers; this model is {shape} (use --mode full)")
+    if opts.reconstruct != "none" or opts.compensation:
+        what = f"--reconstruct {opts.reconstruct}" if opts.reconstruct != "none" else "--compensate-bias"
+        raise InputError(f"{what} refits the one layer after each pruned one; this model is {shape}")
 
 
 def _largest_build(opts: Options, loaded: _Loaded) -> int:
