@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from . import measure, resources, rounding, select
+from . import report as report_mod
 from .bounds import interval_bounds
 from .data import Dataset, load_data
 from .errors import BudgetError, InputError, OnnxcritError, SolveError, naming
@@ -560,7 +561,7 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
     before_rows = measure.layer_table(net, proto)
     after_rows = measure.layer_table(new_net, new_model)
     before, after = measure.totals(before_rows), measure.totals(after_rows)
-    scored_set = set(net.scored_indices())
+    scored_set = report_mod.pruned_layers(net)
     layers = []
     for j, i in enumerate(net.linear_indices()):
         layers.append({"name": net.layers[i].name, "kind": net.layers[i].kind,
@@ -578,6 +579,7 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
         "macs_before": before["macs"], "macs_after": after["macs"],
         "file_size_before": measure.file_size(proto), "file_size_after": measure.file_size(new_model),
         "layers": layers,
+        "groups": report_mod.group_rows(net),
         "accuracy_before": _accuracy_pct(check.accuracy_before),
         "accuracy_after": _accuracy_pct(check.accuracy_after),
         "accuracy_data": "evaluation" if evald is not None else "calibration",

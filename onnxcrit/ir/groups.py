@@ -167,7 +167,7 @@ def dependencies(net) -> Dependencies:
                 join(ins[0], i, owner)
         else:  # the input stage (normalisation, layout): it sees the network's input only
             freeze(i, f"input stage '{layer.name}'")
-    freeze(len(layers) - 1, f"network output '{net.logits_name or layers[-1].name}'")
+    freeze(len(layers) - 1, f"graph output '{net.logits_name or layers[-1].name}'")
 
     classes: dict[int, list[int]] = {}
     for slot in range(len(uf.parent)):
