@@ -9,7 +9,7 @@ Weights are float64 with BatchNormalization and Gemm's alpha/beta already folded
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence, Union
 
 import numpy as np
