@@ -18,7 +18,7 @@ from . import measure, resources, rounding, select
 from . import report as report_mod
 from .bounds import interval_bounds
 from .data import Dataset, load_data
-from .errors import BudgetError, InputError, OnnxcritError, SolveError, naming
+from .errors import BudgetError, InputError, OnnxcritError, SolveError, UnsupportedModelError, naming
 from .frontend import load_model, load_network
 from .ir import INPUT_STAGE_KINDS, Network
 from .options import DEFAULTS, Options
@@ -160,6 +160,9 @@ def _load(model, data, eval_data, progress, timings) -> _Loaded:
     """Read and canonicalise the model, check it against the published one, read the data."""
     done = _timed("load", progress, timings)
     net, proto = load_network(model)
+    if not net.scored_indices():
+        whole = "; ".join(sorted({g.frozen for g in net.groups if g.frozen}))
+        raise UnsupportedModelError(f"nothing to prune: every channel group is kept whole ({whole})")
     calib = load_data(data, net, what="calibration data")
     evald = load_data(eval_data, net, what="evaluation data") if eval_data is not None else None
     patterns = recognised_patterns(net)

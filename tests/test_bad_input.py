@@ -170,6 +170,11 @@ def case_inspect_unsupported(d):
     return ["inspect", _save(_product_model(), d / "r.onnx")]
 
 
+def case_all_groups_frozen(d):
+    grouped = ROOT / "tests" / "data" / "branching" / "torch_legacy_grouped_conv"
+    return ["optimize", f"{grouped}.onnx", "--data", f"{grouped}_calib.npz", "-o", d / "out.onnx"]
+
+
 def case_decoupled_branching(d):
     return [*_model_case(_residual_model)(d), "--mode", "decoupled"]
 
@@ -193,6 +198,7 @@ CASES = {
     "no relu": (_model_case(lambda: mlp(relu=False)), 2, "no Relu"),
     "product of activations": (_model_case(_product_model), 2, "Mul node 'gate'"),
     "decoupled on a residual net": (case_decoupled_branching, 2, "--mode decoupled needs a chain"),
+    "every group kept whole": (case_all_groups_frozen, 2, "nothing to prune: every channel group is kept whole"),
     "external data missing": (case_missing_external_data, 2, "external data file 'x.onnx.data'"),
     "data file missing": (case_data_missing, 2, "no such file"),
     "data not npz": (case_data_not_npz, 2, "not an .npz archive"),
