@@ -214,6 +214,26 @@ def grouped_cnn(seed=0) -> onnx.ModelProto:
     return g.model(y)
 
 
+def concat_depthwise_cnn(seed=0) -> onnx.ModelProto:
+    """A fire module whose Concat feeds a depthwise conv: the depthwise conv's channels belong to two groups
+    (expand 1x1's first, expand 3x3's after them). Nodes: stem, squeeze, e1 (3 ch), e3 (2 ch), cat, dw
+    (group 5), pw, fc."""
+    g = DagBuilder((1, 8, 8), seed=seed)
+    x = g.relu(g.conv(g.x, 4, bias="input"))
+    q = g.relu(g.conv(x, 3, kernel=1, bias="input"))
+    e1 = g.relu(g.conv(q, 3, kernel=1, bias="input"))
+    e3 = g.relu(g.conv(q, 2, kernel=3, bias="input"))
+    cat = g.concat([e1, e3])
+    y = g.relu(g.conv(cat, 5, group=5, bias="input"))
+    y = g.relu(g.conv(y, 4, kernel=1, bias="input"))
+    y = g.dense(g.flatten(g.gap(y)), 3, bias="input")
+    names = iter(["stem", "squeeze", "e1", "e3", "cat", "dw", "pw", "fc"])
+    for node in g.nodes:
+        if node.op_type in ("Conv", "Concat", "Gemm"):
+            node.name = next(names)
+    return g.model(y)
+
+
 def sample_inputs(model: onnx.ModelProto, n=4, seed=0) -> np.ndarray:
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
     return np.random.default_rng(seed).standard_normal((n, *dims)).astype(np.float32)

@@ -22,7 +22,7 @@ from onnxcrit.tolerance import assert_same
 from onnxcrit.validate import run_tensors
 
 from .corpus import ROOT
-from .dag_builders import BIASES, BLOCKS, grouped_cnn, random_cnn, random_mlp, sample_inputs
+from .dag_builders import BIASES, BLOCKS, concat_depthwise_cnn, grouped_cnn, random_cnn, random_mlp, sample_inputs
 
 BRANCHING_DIR = ROOT / "tests" / "data" / "branching"
 BRANCHING = sorted(BRANCHING_DIR.glob("*.onnx"))
@@ -342,6 +342,31 @@ def test_residual_add_after_concat():
     assert_same(net.forward(x), ort_logits(model, x), net.input_dtype)
     scales = {k: (np.arange(net.layers[k].units) % 2 == 0).astype(np.float64) for k in net.scored_indices()}
     check_rewrite(canonical, net, scales, x)
+
+
+def key_of(net, node_name):
+    return next(k for k in net.scored_indices() if node_name in net.layers[k].nodes)
+
+
+@needs_dag
+@pytest.mark.parametrize("cut", ["e1", "e3", "both"])
+def test_depthwise_conv_after_concat(cut):
+    """The depthwise conv reads a Concat: its channels are expand 1x1's 3 then expand 3x3's 2. Removing a channel
+    of either group (or of both at once) removes it from the depthwise weight and bias, and `group` becomes the
+    number of channels left in total (not one group's count)."""
+    model = concat_depthwise_cnn()
+    net, canonical = load_network(model)
+    e1, e3 = key_of(net, "e1"), key_of(net, "e3")
+    scales = {}
+    if cut in ("e1", "both"):
+        scales[e1] = np.array([1.0, 0.0, 2.0])
+    if cut in ("e3", "both"):
+        scales[e3] = np.array([0.0, 0.5])
+    new, _ = check_rewrite(canonical, net, scales, sample_inputs(model, 6))
+    left = 5 - {"e1": 1, "e3": 1, "both": 2}[cut]
+    dw = next(n for n in new.graph.node if n.name == "dw")
+    assert next(a.i for a in dw.attribute if a.name == "group") == left
+    assert {t.name: list(t.dims) for t in new.graph.initializer}[dw.input[1]] == [left, 1, 3, 3]
 
 
 def test_corpus_has_its_data_files():
