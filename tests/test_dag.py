@@ -249,11 +249,19 @@ EXPECTED_GROUPS = {
     "torch_legacy_mlp_residual": [{0, 2}, {1}],
     # every conv touches a group=2 conv: all frozen
     "torch_legacy_grouped_conv": [],
+    "torch_dynamo_squeezenet_allconv": [{0}, {1}, {2}, {3}, {4}, {5}, {6}],
+    "torch_dynamo_mobilenet_dwsep": [{0, 1}, {2, 3}, {4}],
+    # tf2onnx: graph order stem, b1 conv1, b1 conv2, b2 conv1, b2 conv2, b2 shortcut 1x1, fc (MatMul)
+    "keras3_resnet": [{0, 2}, {1}, {3}, {4, 5}],
+    # expand 3x3 comes before expand 1x1 in graph order (the Concat reads 1x1 first)
+    "keras3_fire": [{0}, {1}, {2}, {3}, {4}, {5}, {6}],
+    # the depthwise convs' BatchNorm stays as Mul + Add after them
+    "keras3_mobilenet": [{0, 1}, {2, 3}, {4}],
 }
 
 
-def test_expected_groups_cover_the_torch_corpus():
-    assert {p.stem for p in BRANCHING if p.stem.startswith("torch_")} <= set(EXPECTED_GROUPS)
+def test_expected_groups_cover_the_corpus():
+    assert {p.stem for p in BRANCHING} == set(EXPECTED_GROUPS)
 
 
 @needs_dag
@@ -373,5 +381,5 @@ def test_corpus_has_its_data_files():
     for path in BRANCHING:
         for suffix in ("_calib.npz", "_eval.npz"):
             assert path.with_name(path.stem + suffix).exists(), path.name
-    assert len(BRANCHING) >= 11
+    assert len(BRANCHING) >= 16
     assert all(Path(p).suffix == ".onnx" for p in BRANCHING)
