@@ -489,10 +489,10 @@ the output keeps tf2onnx's name `Identity:0`, and the opset imports list an unus
 folds BatchNorm into the Conv before it, except after a DepthwiseConv2D, where it stays as `Mul` + `Add` of
 `[1, C, 1, 1]` constants; Dense is `MatMul` + `Add`, global average pooling `GlobalAveragePool` + `Squeeze`
 (axes [2, 3]); a stride-2 'same' conv gets asymmetric pads [0, 0, 1, 1]; graph order differs from the
-Keras layer order (a shortcut conv after the block's convs, expand 3x3 before expand 1x1).  The dynamo
-SqueezeNet and MobileNet were trained by this script on another machine than the committed legacy files:
-training here does not reproduce those files' bytes (e.g. 94.22 % instead of 94.67 % for the SqueezeNet), so
-they do not share weights with their legacy twins.
+Keras layer order (a shortcut conv after the block's convs, expand 3x3 before expand 1x1).  The legacy
+SqueezeNet (all-conv) and MobileNet files were built on another machine: rebuilding them here does not give
+their bytes (the SqueezeNet trains to 94.22 % instead of 94.67 %), so their dynamo twins, built here later,
+have their own weights.
 
 *merges / splits* lists the nodes that join two computed tensors (with the op types that produce their
 inputs), the tensors read by several nodes (`split PRODUCER -> [CONSUMERS]`) and the Conv nodes with
