@@ -16,6 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 17
 BLOCKS = ("basic", "down1", "down2", "fire", "dwsep", "plain", "maxpool")
 BIASES = ("input", "add", "bn", "none")
+# also "muladd": no bias, then Mul and Add of [1, C, 1, 1] constants (tf2onnx's unfolded BatchNorm after a
+# DepthwiseConv2D); not drawn by default (BIASES) while the IR refuses a constant Mul between layers
 
 
 class DagBuilder:
@@ -76,6 +78,10 @@ class DagBuilder:
             y = self.op("Add", [y, b] if self.rng.random() < 0.5 else [b, y], (cout, oh, ow))
         elif bias == "bn":
             y = self.batchnorm(y)
+        elif bias == "muladd":
+            scale = self.rng.uniform(0.5, 1.5, (1, cout, 1, 1)).astype(np.float32)
+            y = self.op("Mul", [y, self.const(scale, "bn_mul")], (cout, oh, ow))
+            y = self.op("Add", [y, self.const(self.small(cout).reshape(1, cout, 1, 1), "bn_add")], (cout, oh, ow))
         return y
 
     def batchnorm(self, x):

@@ -377,6 +377,20 @@ def test_depthwise_conv_after_concat(cut):
     assert {t.name: list(t.dims) for t in new.graph.initializer}[dw.input[1]] == [left, 1, 3, 3]
 
 
+@needs_dag
+@pytest.mark.parametrize("blocks", [("dwsep",), ("basic",), ("fire",)])
+def test_per_channel_mul_add_between_layers(blocks):
+    """tf2onnx leaves BatchNorm after a DepthwiseConv2D as Mul + Add of [1, C, 1, 1] constants (keras3_mobilenet):
+    per-channel ops the channels pass through, to slice when channels go."""
+    model = random_cnn(seed=5, blocks=blocks, bias="muladd")
+    net, canonical = load_network(model)
+    x = sample_inputs(model, 6)
+    assert_same(net.forward(x), ort_logits(model, x), net.input_dtype)
+    scales = {k: np.r_[0.0, 2.0, np.ones(net.layers[k].units - 2)] for k in net.scored_indices()
+              if net.layers[k].units >= 2}
+    check_rewrite(canonical, net, scales, x)
+
+
 def test_corpus_has_its_data_files():
     for path in BRANCHING:
         for suffix in ("_calib.npz", "_eval.npz"):
