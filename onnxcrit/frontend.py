@@ -264,6 +264,8 @@ def _has_linear(walk: _Walk) -> bool:
 def _on_affine(walk: _Walk, node: onnx.NodeProto) -> None:
     """Sub/Div/Mul/Add of a constant before the first linear layer (input normalisation, Keras Rescaling)."""
     op = node.op_type
+    if _has_linear(walk) and op == "Mul":
+        return _fold_scale(walk, node)
     if _has_linear(walk):
         walk.fail(node, f"{op} of a constant is supported before the first Gemm/MatMul/Conv only (input "
                         "normalisation), not between layers")
@@ -294,6 +296,38 @@ def _on_affine(walk: _Walk, node: onnx.NodeProto) -> None:
         scale, shift = 1.0 / c, np.zeros_like(c)
     walk.layers.append(Affine(name=node.name or node.output[0], in_shape=walk.shape, scale=scale, shift=shift,
                               nodes=(node.name,)))
+
+
+def _per_unit(layer, c: np.ndarray) -> int | None:
+    """The axis of constant c that indexes layer's units when c is one value per unit (as a bias or a
+    per-channel scale is written), else None."""
+    units = layer.units
+    if c.size != units:
+        return None
+    if layer.kind == "dense":
+        return c.ndim - 1 if c.ndim in (1, 2) and c.shape[-1] == units else None
+    return c.ndim - 3 if c.shape in ((units, 1, 1), (1, units, 1, 1)) else None
+
+
+def _fold_scale(walk: _Walk, node: onnx.NodeProto) -> None:
+    """Mul of a per-unit (or scalar) constant right after a linear layer: a BatchNormalization written as
+    Mul + Add (tf2onnx), folded into the layer's weight and bias."""
+    other = node.input[1] if node.input[0] == walk.tensor else node.input[0]
+    if other == walk.tensor:
+        walk.fail(node, "multiplies the activation by itself")
+    layer = walk.open_layer(node, "Mul of a constant is supported right after a Gemm/MatMul/Conv (a per-unit "
+                                  "scale) or before the first one (input normalisation)")
+    c = walk.consts[other].astype(np.float64)
+    axis = _per_unit(layer, c)
+    if axis is None and c.size != 1:
+        walk.fail(node, f"constant '{other}' {list(c.shape)} is not a per-unit scale of {layer.kind} layer "
+                        f"'{layer.name}' with {layer.units} units")
+    scale = np.full(layer.units, float(c.reshape(-1)[0])) if axis is None else c.reshape(layer.units)
+    layer.weight = layer.weight * scale.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
+    layer.bias = layer.bias * scale
+    if axis is not None:
+        layer.out_refs = layer.out_refs + (ParamRef(other, axis),)
+    layer.nodes = layer.nodes + (node.name,)
 
 
 def _on_add(walk: _Walk, node: onnx.NodeProto) -> None:
@@ -705,7 +739,7 @@ def to_network(model: onnx.ModelProto) -> Network:
                 previous = layer.output
             walk.values[out] = (out, tuple(layer.out_shape))
             walk.open_linear[out] = layer.kind in LINEAR_KINDS
-        elif node.op_type in ("Add", "BatchNormalization"):  # folded into the linear layer it follows
+        elif node.op_type in ("Add", "Mul", "BatchNormalization"):  # folded into the linear layer it follows
             pos = walk.producer.pop(walk.source)
             walk.layers[pos].output = out
             walk.producer[out] = pos

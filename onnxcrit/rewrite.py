@@ -56,17 +56,17 @@ def remove_units(model: onnx.ModelProto, net: Network, scales: dict[int, np.ndar
 
     changed = {k: keeps[k] for k in scales if not (keeps[k].all() and np.all(scales[k] == 1))}
     groups = {g.key: g for g in net.deps.prunable()}
-    for k, keep in sorted(changed.items()):  # the group's producers and coupled convs lose the removed units
-        if keep.all():
-            continue
-        for p, chans in sorted({**groups[k].producers, **groups[k].coupled}.items()):
-            layer = net.layers[p]
-            mask = np.ones(layer.units, dtype=bool)
-            mask[chans] = keep
-            for ref in (*layer.out_refs, *extra_refs.get(p, [])):
-                _edit(edits, ref.tensor, p).keep_along(ref.axis, mask)
-            if p in groups[k].coupled:
-                _set_group(graph, layer, int(keep.sum()))
+    kept_any = {k: keep for k, keep in changed.items() if not keep.all()}
+    # the groups' producers and coupled convs lose the removed units (a coupled conv may carry several groups,
+    # e.g. a depthwise conv after a Concat: one mask over all its channels)
+    cut = sorted({p for k in kept_any for p in [*groups[k].producers, *groups[k].coupled]})
+    for p in cut:
+        layer = net.layers[p]
+        mask = net.output_keep(p, kept_any)
+        for ref in (*layer.out_refs, *extra_refs.get(p, [])):
+            _edit(edits, ref.tensor, p).keep_along(ref.axis, mask)
+        if any(p in groups[k].coupled for k in kept_any):
+            _set_group(graph, layer, int(mask.sum()))
     for i in net.linear_indices():  # every layer reading them loses their columns; a kept unit's factor folds in
         keys, units = net.input_columns(i)
         touched = sorted(set(keys.tolist()) & set(changed))
@@ -88,7 +88,6 @@ def remove_units(model: onnx.ModelProto, net: Network, scales: dict[int, np.ndar
                 edit.scale_along(ref.axis, col_factor)
             if not col_keep.all():
                 edit.keep_along(ref.axis, col_keep)
-    kept_any = {k: keep for k, keep in changed.items() if not keep.all()}
     reshape_targets: list[tuple[str, list[int]]] = []
     for pos, layer in enumerate(net.layers):
         if layer.kind == "reshape" and layer.shape_node is not None:

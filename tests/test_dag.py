@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from onnxcrit import load_network, remove_units
-from onnxcrit.errors import UnsupportedModelError
 from onnxcrit.measure import stored_params
 from onnxcrit.tolerance import assert_same
 from onnxcrit.validate import run_tensors
@@ -28,15 +27,6 @@ BRANCHING_DIR = ROOT / "tests" / "data" / "branching"
 BRANCHING = sorted(BRANCHING_DIR.glob("*.onnx"))
 
 
-def _dag_supported() -> bool:
-    try:
-        load_network(BRANCHING_DIR / "torch_legacy_resnet_basic.onnx")
-    except UnsupportedModelError:
-        return False
-    return True
-
-
-needs_dag = pytest.mark.skipif(not _dag_supported(), reason="DAG support not on this branch yet")
 
 
 # helpers ------------------------------------------------------------------------------------------------
@@ -170,7 +160,6 @@ def test_corpus_files_run_in_onnxruntime(path):
 
 # property tests (need DAG support) -----------------------------------------------------------------------
 
-@needs_dag
 @settings(max_examples=30, deadline=None)
 @given(spec=SPECS)
 def test_random_dags_ir_equals_onnxruntime(spec):
@@ -180,7 +169,6 @@ def test_random_dags_ir_equals_onnxruntime(spec):
     assert_same(net.forward(x), ort_logits(model, x), net.input_dtype)
 
 
-@needs_dag
 @settings(max_examples=40, deadline=None)
 @given(spec=SPECS, positive=st.booleans(), data=st.data())
 def test_random_dags_rewrite_exactly(spec, positive, data):
@@ -190,7 +178,6 @@ def test_random_dags_rewrite_exactly(spec, positive, data):
     check_rewrite(canonical, net, scales, sample_inputs(model, 5, seed=spec["seed"]))
 
 
-@needs_dag
 @settings(max_examples=25, deadline=None)
 @given(spec=SPECS, how=st.sampled_from(["empty", "ones"]))
 def test_removing_nothing_is_deterministic(spec, how):
@@ -209,7 +196,6 @@ def test_removing_nothing_is_deterministic(spec, how):
 
 # the trained corpus (need DAG support) -------------------------------------------------------------------
 
-@needs_dag
 @pytest.mark.parametrize("path", BRANCHING, ids=lambda p: p.name)
 def test_corpus_ir_equals_onnxruntime(path):
     net, _ = load_network(path)
@@ -219,7 +205,6 @@ def test_corpus_ir_equals_onnxruntime(path):
     assert (net.forward(ev["x"]).argmax(1) == ev["y"]).mean() >= 0.9
 
 
-@needs_dag
 @pytest.mark.parametrize("path", BRANCHING, ids=lambda p: p.name)
 def test_corpus_every_other_unit_removed(path):
     net, model = load_network(path)
@@ -264,7 +249,6 @@ def test_expected_groups_cover_the_corpus():
     assert {p.stem for p in BRANCHING} == set(EXPECTED_GROUPS)
 
 
-@needs_dag
 @pytest.mark.parametrize("name", sorted(EXPECTED_GROUPS))
 def test_corpus_groups(name):
     net, model = load_network(BRANCHING_DIR / f"{name}.onnx")
@@ -277,7 +261,6 @@ def test_corpus_groups(name):
         assert nodes[-1].name not in producers(model, net, k)
 
 
-@needs_dag
 def test_depthwise_conv_group_attribute_follows_the_kept_channels():
     net, model = load_network(BRANCHING_DIR / "torch_legacy_mobilenet_dwsep.onnx")
     stem = min(net.scored_indices())
@@ -290,7 +273,6 @@ def test_depthwise_conv_group_attribute_follows_the_kept_channels():
     assert dims[dw.input[1]] == [8, 1, 3, 3]
 
 
-@needs_dag
 def test_residual_stage_removal_shrinks_every_member():
     """Removing 3 of the 8 stage channels of resnet_basic: the stem, both blocks' conv2 lose 3 output channels,
     both blocks' conv1 and the fc lose 3 input channels; the result is exact."""
@@ -308,7 +290,6 @@ def test_residual_stage_removal_shrinks_every_member():
     assert shape["/fc/Gemm"] == [10, 5]
 
 
-@needs_dag
 def test_concat_offsets_after_removal():
     """fire1's expands (8 + 8 -> Concat 16) lose different numbers of channels; fire2's squeeze reads the
     concatenation at the new offsets."""
@@ -326,7 +307,6 @@ def test_concat_offsets_after_removal():
     assert dims[squeeze.input[1]][1] == 3 + 2
 
 
-@needs_dag
 def test_grouped_conv_freezes_only_the_groups_touching_it():
     """conv_b feeds a group=2 conv and conv_g is one: their groups are frozen; conv_a and conv_c are prunable."""
     model = grouped_cnn()
@@ -340,7 +320,6 @@ def test_grouped_conv_freezes_only_the_groups_touching_it():
     check_rewrite(canonical, net, scales, x)
 
 
-@needs_dag
 def test_residual_add_after_concat():
     """A fire module followed by an identity residual block: the Add couples the block's last conv with both
     expands (each at its offset in the Concat). Whatever the grouping, the rewrite must be exact."""
@@ -356,7 +335,6 @@ def key_of(net, node_name):
     return next(k for k in net.scored_indices() if node_name in net.layers[k].nodes)
 
 
-@needs_dag
 @pytest.mark.parametrize("cut", ["e1", "e3", "both"])
 def test_depthwise_conv_after_concat(cut):
     """The depthwise conv reads a Concat: its channels are expand 1x1's 3 then expand 3x3's 2. Removing a channel
@@ -377,7 +355,6 @@ def test_depthwise_conv_after_concat(cut):
     assert {t.name: list(t.dims) for t in new.graph.initializer}[dw.input[1]] == [left, 1, 3, 3]
 
 
-@needs_dag
 @pytest.mark.parametrize("blocks", [("dwsep",), ("basic",), ("fire",)])
 def test_per_channel_mul_add_between_layers(blocks):
     """tf2onnx leaves BatchNorm after a DepthwiseConv2D as Mul + Add of [1, C, 1, 1] constants (keras3_mobilenet):
