@@ -179,8 +179,6 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     mode, reason, workers = opts.mode, "requested", opts.workers
     if not net.is_chain():
         _check_branching(opts, net)
-        if mode == "auto":
-            mode, reason = "full", "a branching graph (one MIP for the whole network)"
     if mode != "full":
         from . import decoupled
 
@@ -221,9 +219,7 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
 def _check_branching(opts: Options, net) -> None:
     """What does not take branching graphs yet, refused in one line before any work."""
     merge = next((layer for layer in net.layers if layer.kind in ("add", "concat")), None)
-    shape = f"a branching graph ({merge.kind} '{merge.name}')" if merge else "a branching graph"
-    if opts.mode == "decoupled":
-        raise InputError(f"--mode decoupled needs a chain of layers; this model is {shape} (use --mode full)")
+    shape = f"a branching graph ({merge.kind} '{merge.name}')" if merge else "not a chain (a depthwise conv)"
     if opts.reconstruct != "none" or opts.compensation:
         what = f"--reconstruct {opts.reconstruct}" if opts.reconstruct != "none" else "--compensate-bias"
         raise InputError(f"{what} refits the one layer after each pruned one; this model is {shape}")

@@ -62,3 +62,22 @@ def test_depthwise_group_attribute_follows_the_kept_channels():
     x, _ = _data(name, "eval")
     assert_same(run_batched(session(new), new_net.input_name, x[:32], [new_net.logits_name])[0],
                 net.forward(x[:32], scales=scales))
+
+
+@pytest.mark.parametrize("name", ["torch_legacy_resnet8", "torch_legacy_squeezenet_allconv",
+                                  "torch_dynamo_mobilenet_dwsep"])
+def test_decoupled_mode_has_one_block_per_group(name):
+    """Blocks end at merge points: one MIP per channel group, seen at its last ReLU-read producer or Add."""
+    path = BRANCHING / f"{name}.onnx"
+    net, _ = load_network(path)
+    result = optimize(path, _data(name, "calib"), mode="decoupled", target_params=0.8, measure_latency=False,
+                      round_to=1, workers=1)
+    report = result.report
+    assert report["mode"] == "decoupled"
+    assert [b["name"] for b in report["blocks"]] == [net.layers[k].name for k in net.scored_indices()]
+    assert [b["units"] for b in report["blocks"]] == [net.layers[k].units for k in net.scored_indices()]
+    assert sorted(result.scores) == net.scored_indices()
+    assert report["params_after"] <= 0.8 * report["params_before"] + 1e-9
+    x, _ = _data(name, "eval")
+    logits = run_batched(session(result.model), result.network.input_name, x[:64], [result.network.logits_name])[0]
+    assert_same(logits, net.forward(x[:64], scales=result.scales))
