@@ -112,8 +112,6 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     progress = progress or Progress()
     timings: dict[str, float] = {}
     loaded = _load(model, data, eval_data, progress, timings)
-    if finetune_data is not None and not loaded.net.is_chain():
-        raise InputError("fine-tuning maps a chain of layers onto torch; this model is a branching graph")
     plan = _plan(opts, loaded, progress)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
     # with --reconstruct every candidate (measured, confirmed, rounded, written) is rewritten with its reconstruction

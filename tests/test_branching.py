@@ -81,3 +81,16 @@ def test_decoupled_mode_has_one_block_per_group(name):
     x, _ = _data(name, "eval")
     logits = run_batched(session(result.model), result.network.input_name, x[:64], [result.network.logits_name])[0]
     assert_same(logits, net.forward(x[:64], scales=result.scales))
+
+
+def test_finetune_after_pruning_a_residual_net():
+    """onnx2torch takes the pruned DAG as it is: the fine-tuned file keeps the pruned graph and trains."""
+    name = "torch_legacy_resnet8"
+    path = BRANCHING / f"{name}.onnx"
+    result = optimize(path, _data(name, "calib"), eval_data=_data(name, "eval"), target_params=0.6,
+                      measure_latency=False, round_to=1, finetune_data=_data(name, "calib"), finetune_epochs=2)
+    tuned = result.report["finetune"]
+    assert tuned["epochs"] == 2 and len(tuned["losses"]) == 2
+    before = {t.name: list(t.dims) for t in load_network(path)[1].graph.initializer}
+    after = {t.name: list(t.dims) for t in result.model.graph.initializer}
+    assert after.keys() <= before.keys() and any(after[k] != before[k] for k in after)
