@@ -20,7 +20,7 @@ from .bounds import interval_bounds
 from .data import Dataset, load_data
 from .errors import BudgetError, InputError, OnnxcritError, SolveError, UnsupportedModelError, naming
 from .frontend import load_model, load_network
-from .ir import INPUT_STAGE_KINDS, Network
+from .ir import INPUT_STAGE_KINDS, KINDS, Conv, Network
 from .options import DEFAULTS, Options
 from .reconstruct import Reconstructor
 from .rewrite import bias_compensation, dead_units, remove_units
@@ -216,7 +216,7 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
 
 def _check_branching(opts: Options, net) -> None:
     """What does not take branching graphs yet, refused in one line before any work."""
-    merge = next((layer for layer in net.layers if layer.kind in ("add", "concat")), None)
+    merge = next((layer for layer in net.layers if KINDS[layer.kind].merge), None)
     shape = f"a branching graph ({merge.kind} '{merge.name}')" if merge else "not a chain (a depthwise conv)"
     if opts.reconstruct != "none" or opts.compensation:
         what = f"--reconstruct {opts.reconstruct}" if opts.reconstruct != "none" else "--compensate-bias"
@@ -394,7 +394,7 @@ def recognised_patterns(net: Network) -> list[str]:
     found += sorted({f"input_{layer.kind}" for layer in net.layers if layer.kind in INPUT_STAGE_KINDS})
     if net.fixed_batch is not None:
         found.append(f"fixed_batch_{net.fixed_batch}")
-    if net.layers[net.linear_indices()[-1]].kind == "conv":
+    if isinstance(net.layers[net.linear_indices()[-1]], Conv):
         found.append("convolutional_head")
     return found
 

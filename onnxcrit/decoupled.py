@@ -43,7 +43,7 @@ import numpy as np
 from .calibration import choose_calibration
 from .errors import InputError, SolveError
 from .options import executor_ok
-from .ir import INPUT, AvgPool, Conv, Dense, Network, Reshape
+from .ir import INPUT, KINDS, AvgPool, Conv, Dense, Network, Reshape
 from .scoring import ScoreResult, compute_scores
 
 MODES = ("full", "decoupled", "auto")
@@ -93,7 +93,7 @@ def split_blocks(net: Network) -> list[Block]:
     blocks = []
     for j, k in enumerate(net.scored_indices()):
         stop = linear[j + 1]
-        while stop - 1 > k and net.layers[stop - 1].kind == "reshape":
+        while stop - 1 > k and isinstance(net.layers[stop - 1], Reshape):
             stop -= 1
         blocks.append(Block(net.layers[k].name, k, stop, last=(j + 1 == len(linear) - 1)))
     return blocks
@@ -103,9 +103,9 @@ def _group_blocks(net: Network) -> list[Block]:
     blocks = []
     for g in net.deps.prunable():
         points = [p for p in sorted(g.values) if p >= 0 and (p in g.producers or p in g.coupled or
-                                                              net.layers[p].kind == "add")
+                                                              KINDS[net.layers[p].kind].merge)
                   and all(len(ch) == 1 for ch in g.values[p])]
-        relus = {p: [j for j in net.consumers_of(p) if net.layers[j].kind == "relu"] for p in points}
+        relus = {p: [j for j in net.consumers_of(p) if KINDS[net.layers[j].kind].activation] for p in points}
         read = [p for p in points if relus[p]]
         point = read[-1] if read else g.key
         tail = (relus[point][0],) if relus.get(point) else ()

@@ -35,7 +35,7 @@ import onnx
 
 from .errors import UnsupportedModelError
 from .frontend import to_network
-from .ir import LINEAR_KINDS, Network
+from .ir import KINDS, Dense, Network
 from .ir.kinds import _gather_patches
 from .rewrite import _check_ownership, _checked_keep, _checked_scales, _columns_of_next, _Edit, _TensorTable, \
     remove_units
@@ -94,7 +94,7 @@ def reconstruct(net: Network, scales: dict[int, np.ndarray], x: np.ndarray | Non
     previous, scored = None, set(net.scored_indices())  # previous: the last scored layer passed
     for i, layer in enumerate(net.layers):
         cached = unpruned[i] if unpruned is not None and i in unpruned else None
-        if cur is not None and layer.kind in LINEAR_KINDS:  # something upstream changed: fit this layer
+        if cur is not None and KINDS[layer.kind].linear:  # something upstream changed: fit this layer
             n, cols, _ = _columns_of_next(net, previous)
             assert n == i
             units = layers[previous].units
@@ -123,7 +123,7 @@ def unpruned_activations(net: Network, x: np.ndarray) -> dict[int, tuple[np.ndar
     out = {}
     for i, layer in enumerate(net.layers):
         before, h = h, _forward(layer, h)
-        if layer.kind in LINEAR_KINDS:
+        if KINDS[layer.kind].linear:
             out[i] = (before, h)
     return out
 
@@ -316,8 +316,7 @@ def _fit(method: str, layer, ref: np.ndarray, cur: np.ndarray, factor: np.ndarra
     (`target`, when the caller has it)."""
     units = layer.units
     start = layer.weight * factor[cols].reshape((1, -1) + (1,) * (layer.weight.ndim - 2))  # the selection's
-    per_col = int(np.prod(layer.weight.shape[2:])) if layer.kind == "conv" else 1
-    owner = np.repeat(cols, per_col)  # the unit of `source` each feature (column or channel x window) belongs to
+    owner = np.repeat(cols, layer.per_column)  # the unit of `source` each feature (column or channel x window) belongs to
     kept = np.flatnonzero(keep[owner])
     rows, sum_x, sum_z, gram, cross, target = _statistics(layer, ref, cur, target)
     mean_x, mean_z = sum_x / rows, sum_z / rows
@@ -382,7 +381,7 @@ def _statistics(layer, ref: np.ndarray, cur: np.ndarray, target: np.ndarray | No
 
 def _design(layer, h: np.ndarray) -> np.ndarray:
     """The rows the layer multiplies by its weight: flat inputs, or a conv's im2col windows [N*P, C*K]."""
-    if layer.kind == "dense":
+    if isinstance(layer, Dense):
         return h.reshape(len(h), -1)
     cols = _gather_patches(h, layer.patches(), 0.0)  # [N, C, P, K]
     n, c, p, k = cols.shape
@@ -391,13 +390,13 @@ def _design(layer, h: np.ndarray) -> np.ndarray:
 
 def _rows(layer, z: np.ndarray) -> np.ndarray:
     """A layer's output [N, units(, oh, ow)] as rows [N(*P), units], the order of `_design`."""
-    if layer.kind == "dense":
+    if isinstance(layer, Dense):
         return z
     return z.reshape(len(z), layer.units, -1).transpose(0, 2, 1).reshape(-1, layer.units)
 
 
 def _unrows(layer, z: np.ndarray, n: int) -> np.ndarray:
-    if layer.kind == "dense":
+    if isinstance(layer, Dense):
         return z
     return z.reshape(n, -1, layer.units).transpose(0, 2, 1).reshape(n, *layer.out_shape)
 

@@ -20,7 +20,7 @@ from .bounds import Bounds
 from .canonical import consumers, remove_dead_nodes
 from .errors import UnsupportedModelError
 from .frontend import to_network
-from .ir import Network, ParamRef
+from .ir import KINDS, Network, ParamRef
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def remove_units(model: onnx.ModelProto, net: Network, scales: dict[int, np.ndar
                 edit.keep_along(ref.axis, col_keep)
     reshape_targets: list[tuple[str, list[int]]] = []
     for pos, layer in enumerate(net.layers):
-        if layer.kind == "reshape" and layer.shape_node is not None:
+        if getattr(layer, "shape_node", None) is not None:
             kept_in = net.channel_keep(net.inputs_of(pos)[0], kept_any)
             if not kept_in.all():
                 reshape_targets.append((layer.shape_node, _resized_target(graph, table, net, pos, kept_in)))
@@ -361,7 +361,7 @@ def _add_to_bias(graph: onnx.GraphProto, table: _TensorTable, net: Network, n: i
                  edits: dict[str, _Edit], extra_refs: dict[int, list[ParamRef]]) -> None:
     """Shift layer n's bias by delta (IR units), in whichever tensor holds it; create one if there is none."""
     layer = net.layers[n]
-    if layer.kind not in ("dense", "conv"):
+    if not KINDS[layer.kind].linear:
         raise ValueError(f"compensation for layer {n} ('{layer.name}'), which is not linear")
     if delta.size != layer.units:
         raise ValueError(f"compensation[{n}] has {delta.size} entries; layer '{layer.name}' has {layer.units}")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .kinds import KINDS
+from .kinds import KINDS, Add, Concat, Reshape
 
 INPUT = -1  # the position standing for the network's input
 
@@ -149,15 +149,15 @@ def dependencies(net) -> Dependencies:
                 why = f"grouped convolution '{layer.name}' (group {group})"
                 freeze(ins[0], why)
                 freeze(i, why)
-        elif kind.per_channel or layer.kind == "add":
+        elif kind.per_channel or isinstance(layer, Add):
             for p in ins:
                 join(p, i)
-        elif layer.kind == "concat":
+        elif isinstance(layer, Concat):
             offset = 0
             for p in ins:
                 join(i, p, np.arange(offset, offset + count[p]))
                 offset += count[p]
-        elif layer.kind == "reshape":
+        elif isinstance(layer, Reshape):
             owner = _reshape_owner(layer.in_shape, layer.out_shape)
             if owner is None:
                 why = f"reshape '{layer.name}' {list(layer.in_shape)} -> {list(layer.out_shape)} mixes channels"
