@@ -218,9 +218,9 @@ def _check_branching(opts: Options, net) -> None:
     """What does not take branching graphs yet, refused in one line before any work."""
     merge = next((layer for layer in net.layers if KINDS[layer.kind].merge), None)
     shape = f"a branching graph ({merge.kind} '{merge.name}')" if merge else "not a chain (a depthwise conv)"
-    if opts.reconstruct != "none" or opts.compensation:
-        what = f"--reconstruct {opts.reconstruct}" if opts.reconstruct != "none" else "--compensate-bias"
-        raise InputError(f"{what} refits the one layer after each pruned one; this model is {shape}")
+    if opts.reconstruct != "none":
+        raise InputError(f"--reconstruct {opts.reconstruct} refits the one layer after each pruned one; this model "
+                         f"is {shape} (--compensate-bias takes it)")
 
 
 def _largest_build(opts: Options, loaded: _Loaded) -> int:
