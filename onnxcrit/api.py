@@ -181,7 +181,7 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
         from . import decoupled
 
         if mode == "auto":
-            mode, reason = decoupled.choose_mode(net, opts.num_samples)
+            mode, reason = decoupled.choose_mode(net, opts.num_samples, loaded.calib.x, opts.eps)
             if mode == "full":  # small enough by MACs; also within the memory limit?
                 fits, why = resources.fits(net, _largest_build(opts, loaded), opts.memory_limit)
                 mode, reason = ("full", reason) if fits else ("decoupled", f"{why}: one MIP per block")

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from .bounds import interval_bounds
 from .calibration import choose_calibration
 from .errors import InputError, SolveError
 from .options import executor_ok
@@ -54,6 +55,10 @@ EXECUTORS = ("threads", "processes", "serial", "ray")  # "ray:ADDRESS" joins a r
 # memory and time grow with it. Measured on LeNet-5 (benchmarks/vgg.py, LP): 2.8M -> 0.7 s, 0.2 GB;
 # 56M -> 9.5 s, 1.2 GB (about 20 MB per million); VGG-11 at 32 x 32 with 10 images: 1.5G, about 30 GB.
 AUTO_MACS = 100_000_000
+# ... or when the interval bounds of the full problem leave too many ReLU inputs unstable: bounds widen with
+# depth, and measured (10 images, eps 1e-5) LeNet-5 has 6, a 784-300-100 MLP 2, while a 13-conv fire-module net
+# on MNIST (4.8M MACs) has 78k and its full LP (279k columns, 23M nonzeros) was not solved in 300 s
+AUTO_UNSTABLE = 10_000
 MIN_SOLVE_SECONDS = 0.5  # a block with less time than this is not started (a solver process takes ~0.3 s)
 # worse statuses last: the merged status is the worst block's
 _STATUS_ORDER = ("optimal", "feasible_at_deadline", "no_solution", "infeasible")
@@ -119,13 +124,34 @@ def full_problem_size(net: Network, num_samples: int) -> int:
     return int(num_samples) * int(net.macs)
 
 
-def choose_mode(net: Network, num_samples: int) -> tuple[str, str]:
-    """("full" | "decoupled", why) for mode auto."""
+def choose_mode(net: Network, num_samples: int, x: np.ndarray | None = None,
+                eps: float = 1e-5) -> tuple[str, str]:
+    """("full" | "decoupled", why) for mode auto. x: calibration images; when given, a network whose interval
+    bounds on them leave more than AUTO_UNSTABLE ReLU inputs unstable goes decoupled too (each would be a
+    binary, or a relaxed one, of the full problem)."""
     size = full_problem_size(net, num_samples)
     what = f"{num_samples} calibration images x {net.macs:,} MACs = {size:,}"
     if size > AUTO_MACS:
         return "decoupled", f"{what}, above {AUTO_MACS:,}: one MIP per block"
+    if x is not None and len(x):
+        unstable = unstable_inputs(net, np.asarray(x)[:num_samples], eps)
+        if unstable > AUTO_UNSTABLE:
+            return "decoupled", (f"{unstable:,} ReLU inputs unstable on {min(len(x), num_samples)} calibration "
+                                 f"images (interval bounds widen with depth), above {AUTO_UNSTABLE:,}: one MIP "
+                                 "per block")
     return "full", f"{what}, at most {AUTO_MACS:,}: one MIP"
+
+
+def unstable_inputs(net: Network, x: np.ndarray, eps: float) -> int:
+    """How many (image, element) ReLU inputs have interval bounds on both sides of 0 for the boxes x +- eps."""
+    bounds = interval_bounds(net, x, eps)
+    count = 0
+    for i, layer in enumerate(net.layers):
+        if KINDS[layer.kind].activation:
+            p = net.inputs_of(i)[0]
+            if p >= 0:
+                count += int(np.count_nonzero((bounds.lower[p] < 0) & (bounds.upper[p] > 0)))
+    return count
 
 
 def default_workers() -> int:
