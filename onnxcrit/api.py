@@ -20,7 +20,7 @@ from .bounds import interval_bounds
 from .data import Dataset, load_data
 from .errors import BudgetError, InputError, OnnxcritError, SolveError, UnsupportedModelError, naming
 from .frontend import load_model, load_network
-from .ir import INPUT_STAGE_KINDS, KINDS, Conv, Network
+from .ir import INPUT_STAGE_KINDS, Conv, Network
 from .options import DEFAULTS, Options
 from .reconstruct import Reconstructor
 from .rewrite import bias_compensation, dead_units, remove_units
@@ -175,8 +175,6 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     """The selection rule and the mode, from the options and whether there is evaluation data."""
     net, evald = loaded.net, loaded.evald
     mode, reason, workers = opts.mode, "requested", opts.workers
-    if not net.is_chain():
-        _check_branching(opts, net)
     if mode != "full":
         from . import decoupled
 
@@ -212,15 +210,6 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     # kept units are deployed at full strength unless asked otherwise (measured: docs/benchmarks.md)
     rescale = False if (mode == "decoupled" and opts.rescale is None) else opts.rescale
     return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale)
-
-
-def _check_branching(opts: Options, net) -> None:
-    """What does not take branching graphs yet, refused in one line before any work."""
-    merge = next((layer for layer in net.layers if KINDS[layer.kind].merge), None)
-    shape = f"a branching graph ({merge.kind} '{merge.name}')" if merge else "not a chain (a depthwise conv)"
-    if opts.reconstruct != "none":
-        raise InputError(f"--reconstruct {opts.reconstruct} refits the one layer after each pruned one; this model "
-                         f"is {shape} (--compensate-bias takes it)")
 
 
 def _largest_build(opts: Options, loaded: _Loaded) -> int:
