@@ -166,7 +166,8 @@ def _load(model, data, eval_data, progress, timings) -> _Loaded:
     patterns = recognised_patterns(net)
     if net.canonicalised:  # the canonical graph must compute what the published file computes
         check_canonical(load_model(model), proto, net, calib.x)
-    done(f"{len(net.scored_indices())} prunable layers, {net.params:,} parameters"
+    what = "prunable layers" if net.is_chain() else "prunable channel groups"
+    done(f"{len(net.scored_indices())} {what}, {net.params:,} parameters"
          + (f"; recognised {', '.join(patterns)}" if patterns else ""))
     return _Loaded(net, proto, calib, evald, patterns)
 

@@ -123,7 +123,7 @@ def inspect_rows(models: list[tuple[str, onnx.ModelProto, Network]], console: Co
                       escape(row["input"].split(" ", 1)[-1]), str(row["layers"]), f"{row['prunable_units']:,}",
                       f"{row['params']:,}", f"{row['macs']:,}")
     console.print(table)
-    console.print("  layers: dense + conv; units: those of the prunable layers (all but the last); params: elements of "
+    console.print("  layers: dense + conv; units: those of the prunable channel groups; params: elements of "
                   "their tensors in the file", markup=False, soft_wrap=True)
 
 
