@@ -24,6 +24,9 @@ or a scale (0 removes the unit; a kept unit's factor is folded into the next lay
 - reconstruction: `Reconstructor(model, net, method, x, measure=..., damp=...)` (--reconstruct: its `rewrite`
   has `remove_units`' signature and refits the layer after each scored one; `reference(scales, keep)` gives
   the network validation compares against).
+- confirmation: `Confirmer(model, net, Dataset(x, y, source), seed, budget, confidence, rewrite)` (an
+  accuracy budget chosen on its `choose` half with `by_accuracy(..., ladder=c.ladder)`, then `c.confirm(scores,
+  chosen)` tests the ladder on the other half: the confirmed selection, or None).
 - validation: `check_rewrite(original, rewritten, net, scales, [x, ...], y)` -> a report with `ok`, `reasons`,
   `agreement`, `accuracy_before`/`_after` (fractions), logit differences.
 - measurement: `layer_table(net, model)` (per linear layer: name, kind, units, params as stored, MACs) and
@@ -41,6 +44,8 @@ from .frontend import load_network
 from .ir import Network
 from .measure import layer_table, paired_timings
 from .options import DEFAULTS, Options
+from .confirm import Confirmer
+from .data import Dataset
 from .output import write_model
 from .reconstruct import Reconstructor
 from .rewrite import bias_compensation, remove_units
@@ -53,7 +58,7 @@ __all__ = ["optimize", "evaluate", "Options", "DEFAULTS", "Result", "write_model
            # the lower-level API (module docstring)
            "load_network", "Network", "compute_scores", "decoupled_scores", "keep_by_threshold", "to_scales",
            "removal_order", "keep_first_removed", "magnitude", "by_accuracy", "by_params", "round_up", "params_after",
-           "remove_units", "bias_compensation", "Reconstructor", "check_rewrite", "layer_table", "paired_timings", "retrain",
+           "remove_units", "bias_compensation", "Reconstructor", "Confirmer", "Dataset", "check_rewrite", "layer_table", "paired_timings", "retrain",
            "Progress"]
 __version__ = "0.1.0"
 

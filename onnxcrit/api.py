@@ -587,6 +587,7 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
         "masked_ir_tolerance": float(f"{check.tolerance:.3g}"),
         "solver": solver,
         "selection": {"rule": chosen.rule, "threshold": chosen.threshold, "notes": chosen.notes,
+                      "order": chosen.order,  # the removal order a budget walked (select.ORDERS)
                       "attempts": attempts, "round_to": candidate.round_to,
                       "units_scored": int(sum(len(candidate.keep[k]) for k in candidate.keep)),
                       "units_removed": int(sum(int(np.sum(~candidate.keep[k])) for k in candidate.keep)),
