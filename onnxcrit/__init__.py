@@ -13,8 +13,10 @@ or a scale (0 removes the unit; a kept unit's factor is folded into the next lay
   `optimize`'s) and `decoupled_scores(net, x, y, workers=..., head=...)` (one program per block); both return
   a record whose `scores` is the dict above.
 - selection: `keep_by_threshold(net, scores, threshold, mean_rule=False)` (keep masks) and
-  `to_scales(scores, keep, rescale)` (masks -> scales); `removal_order(net, scores)` (the order the budgets
-  remove units in, ties broken by `magnitude(net)`: L1 of incoming x outgoing weights) and
+  `to_scales(scores, keep, rescale)` (masks -> scales); `removal_order(net, scores, rule=None)` (the order the
+  budgets remove units in across layers: by default each score over its layer's mean, ties broken by
+  `magnitude(net)`, L1 of incoming x outgoing weights, likewise relative; other rules for comparison in
+  `select.ORDERS`, taken by `by_accuracy` / `by_params` as `order=`) and
   `keep_first_removed(scores, order, count)`; `by_accuracy(net, scores, x, y, max_drop,
   accuracy_of=...)` and `by_params(net, scores, fraction)` (the budgets; each returns (selection or None,
   closest selection), a selection's `scales` the dict above); `round_up(net, scores, scales, multiple,
@@ -43,7 +45,7 @@ from .errors import (BudgetError, InputError, OnnxcritError, ResourceError, Solv
 from .frontend import load_network
 from .ir import Network
 from .measure import layer_table, paired_timings
-from .options import DEFAULTS, Options
+from .options import DEFAULT_RECONSTRUCT, DEFAULTS, Options
 from .confirm import Confirmer
 from .data import Dataset
 from .output import write_model
@@ -53,7 +55,7 @@ from .select import (by_accuracy, by_params, keep_by_threshold, keep_first_remov
                      removal_order, round_up, to_scales)
 from .validate import check_rewrite
 
-__all__ = ["optimize", "evaluate", "Options", "DEFAULTS", "Result", "write_model", "OnnxcritError", "InputError",
+__all__ = ["optimize", "evaluate", "Options", "DEFAULTS", "DEFAULT_RECONSTRUCT", "Result", "write_model", "OnnxcritError", "InputError",
            "UnsupportedModelError", "ResourceError", "SolveError", "BudgetError", "ValidationError",
            # the lower-level API (module docstring)
            "load_network", "Network", "compute_scores", "decoupled_scores", "keep_by_threshold", "to_scales",

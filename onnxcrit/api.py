@@ -21,7 +21,7 @@ from .data import Dataset, load_data
 from .errors import BudgetError, InputError, OnnxcritError, SolveError, UnsupportedModelError, naming
 from .frontend import load_model, load_network
 from .ir import INPUT_STAGE_KINDS, KINDS, Conv, Network
-from .options import DEFAULTS, Options
+from .options import DEFAULT_RECONSTRUCT, DEFAULTS, Options
 from .reconstruct import Reconstructor
 from .rewrite import bias_compensation, dead_units, remove_units
 from .validate import check_canonical, check_rewrite, run_tensors
@@ -113,6 +113,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     timings: dict[str, float] = {}
     loaded = _load(model, data, eval_data, progress, timings)
     plan = _plan(opts, loaded, progress)
+    opts = _resolve_reconstruct(opts, plan, loaded.net)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
     # with --reconstruct every candidate (measured, confirmed, rounded, written) is rewritten with its reconstruction
     compare_on = [loaded.evald]  # what --reconstruct auto compares on: the part of --eval-data the search sees
@@ -214,11 +215,21 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale)
 
 
+def _resolve_reconstruct(opts: Options, plan: _Plan, net) -> Options:
+    """The default reconstruction (reconstruct None): DEFAULT_RECONSTRUCT in full mode on a chain without
+    --compensate-bias; none in decoupled mode (the least-squares fits of a VGG-size network cost minutes per
+    candidate: docs/method.md), on branching graphs (not supported yet) and with bias compensation."""
+    if opts.reconstruct is not None:
+        return opts
+    applies = plan.mode == "full" and net.is_chain() and not opts.compensation
+    return replace(opts, reconstruct=DEFAULT_RECONSTRUCT if applies else "none")
+
+
 def _check_branching(opts: Options, net) -> None:
     """What does not take branching graphs yet, refused in one line before any work."""
     merge = next((layer for layer in net.layers if KINDS[layer.kind].merge), None)
     shape = f"a branching graph ({merge.kind} '{merge.name}')" if merge else "not a chain (a depthwise conv)"
-    if opts.reconstruct != "none" or opts.compensation:
+    if opts.reconstruct not in (None, "none") or opts.compensation:
         what = f"--reconstruct {opts.reconstruct}" if opts.reconstruct != "none" else "--compensate-bias"
         raise InputError(f"{what} refits the one layer after each pruned one; this model is {shape}")
 
