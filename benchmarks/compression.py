@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from onnxcrit import (DEFAULTS, Confirmer, Dataset, Reconstructor, by_accuracy, compute_scores, decoupled_scores,
+from onnxcrit import (DEFAULT_RECONSTRUCT, DEFAULTS, Confirmer, Dataset, Reconstructor, by_accuracy, compute_scores, decoupled_scores,
                       load_network, params_after)
 
 from . import methods, models, tp_importance
@@ -200,7 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="lenet5,mlp512,mlp300,vgg")
     ap.add_argument("--criteria", default=",".join(CRITERIA))
     ap.add_argument("--budgets", default="0.5,1.0")
-    ap.add_argument("--reconstruct", default=DEFAULTS.reconstruct)
+    ap.add_argument("--reconstruct", default=None, help="default: the product's (lsq in full mode, none in "
+                    "decoupled mode)")
     ap.add_argument("--order", default=None, help="removal order rule (default: the product's)")
     ap.add_argument("--out", default=os.path.join(RESULTS, "compression.md"))
     args = ap.parse_args(argv)
@@ -218,13 +219,14 @@ def main(argv=None) -> int:
         net, proto = load_network(case.path)
         case.base_test = ort_accuracy(proto, net, case.x_test, case.y_test)
         base_val = ort_accuracy(proto, net, case.x_val, case.y_val)
-        builder = Reconstructor(proto, net, args.reconstruct, case.x_pool[:POOL], seed=DEFAULTS.seed)
+        method = args.reconstruct or ("none" if name == "vgg" else DEFAULT_RECONSTRUCT)  # the product's rule
+        builder = Reconstructor(proto, net, method, case.x_pool[:POOL], seed=DEFAULTS.seed)
         print(f"{name}: loaded, validation {base_val:.2f}%, test {case.base_test:.2f}% "
               f"({time.perf_counter() - clock:.0f} s)", file=sys.stderr, flush=True)
         for crit in criteria:
             t0 = time.perf_counter()
             scores, rescale, mode, seconds = criterion_scores(crit, net, case)
-            row = {"model": name, "criterion": crit + (f" ({mode})" if mode == "decoupled" else ""),
+            row = {"model": name, "criterion": crit + (f" ({mode})" if mode == "decoupled" else ""), "reconstruct": method,
                    "scoring_seconds": seconds, "val_before": base_val, "test_before": case.base_test,
                    "params": net.params, "macs": net.macs, "budgets": {}}
             for b in budgets:
@@ -243,7 +245,8 @@ def main(argv=None) -> int:
     for r in rows:
         r["criterion"] = r["criterion"].replace(" (decoupled)", "")
     text = (f"# Compression under an accuracy budget (python -m benchmarks.compression)\n\n"
-            f"Reconstruction `{args.reconstruct}` for every criterion, removal order "
+            f"Reconstruction {args.reconstruct or 'as the product chooses (lsq in full mode, none in decoupled mode)'} "
+            f"for every criterion of a model, removal order "
             f"`{args.order or 'product default'}`; budgets met on the choose half of the validation data, "
             f"confirmed on the other half at confidence {DEFAULTS.confidence:g}, drops measured on the test split. "
             f"{os.cpu_count()} cores (shared), OPENBLAS_NUM_THREADS="
