@@ -10,6 +10,7 @@ and quoted in docs/benchmarks.md:
 - compensation: bias compensation on the digits examples
 - cross_dataset: a MNIST mask retrained on KMNIST (the "lucky sub-network" test; needs torch)
 - vgg: decoupled mode on VGG-11 / 4-class CIFAR-10 and LeNet-5 (needs torch)
+- compression: every criterion with the same reconstruction and its own confirmed budget search (~30 min)
 - tp_importance: self-test of the Torch-Pruning baseline (needs the bench extra)
 
 Shared pieces: models (data, the MNIST models, the training loop), methods (the baseline criteria, measured

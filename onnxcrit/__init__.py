@@ -13,8 +13,10 @@ or a scale (0 removes the unit; a kept unit's factor is folded into the next lay
   `optimize`'s) and `decoupled_scores(net, x, y, workers=..., head=...)` (one program per block); both return
   a record whose `scores` is the dict above.
 - selection: `keep_by_threshold(net, scores, threshold, mean_rule=False)` (keep masks) and
-  `to_scales(scores, keep, rescale)` (masks -> scales); `removal_order(net, scores)` (the order the budgets
-  remove units in, ties broken by `magnitude(net)`: L1 of incoming x outgoing weights) and
+  `to_scales(scores, keep, rescale)` (masks -> scales); `removal_order(net, scores, rule=None)` (the order the
+  budgets remove units in across layers: by default each score over its layer's mean, ties broken by
+  `magnitude(net)`, L1 of incoming x outgoing weights, likewise relative; other rules for comparison in
+  `select.ORDERS`, taken by `by_accuracy` / `by_params` as `order=`) and
   `keep_first_removed(scores, order, count)`; `by_accuracy(net, scores, x, y, max_drop,
   accuracy_of=...)` and `by_params(net, scores, fraction)` (the budgets; each returns (selection or None,
   closest selection), a selection's `scales` the dict above); `round_up(net, scores, scales, multiple,
@@ -24,6 +26,9 @@ or a scale (0 removes the unit; a kept unit's factor is folded into the next lay
 - reconstruction: `Reconstructor(model, net, method, x, measure=..., damp=...)` (--reconstruct: its `rewrite`
   has `remove_units`' signature and refits the layer after each scored one; `reference(scales, keep)` gives
   the network validation compares against).
+- confirmation: `Confirmer(model, net, Dataset(x, y, source), seed, budget, confidence, rewrite)` (an
+  accuracy budget chosen on its `choose` half with `by_accuracy(..., ladder=c.ladder)`, then `c.confirm(scores,
+  chosen)` tests the ladder on the other half: the confirmed selection, or None).
 - validation: `check_rewrite(original, rewritten, net, scales, [x, ...], y)` -> a report with `ok`, `reasons`,
   `agreement`, `accuracy_before`/`_after` (fractions), logit differences.
 - measurement: `layer_table(net, model)` (per linear layer: name, kind, units, params as stored, MACs) and
@@ -40,7 +45,9 @@ from .errors import (BudgetError, InputError, OnnxcritError, ResourceError, Solv
 from .frontend import load_network
 from .ir import Network
 from .measure import layer_table, paired_timings
-from .options import DEFAULTS, Options
+from .options import DEFAULT_RECONSTRUCT, DEFAULTS, Options
+from .confirm import Confirmer
+from .data import Dataset
 from .output import write_model
 from .reconstruct import Reconstructor
 from .rewrite import bias_compensation, remove_units
@@ -48,12 +55,12 @@ from .select import (by_accuracy, by_params, keep_by_threshold, keep_first_remov
                      removal_order, round_up, to_scales)
 from .validate import check_rewrite
 
-__all__ = ["optimize", "evaluate", "Options", "DEFAULTS", "Result", "write_model", "OnnxcritError", "InputError",
+__all__ = ["optimize", "evaluate", "Options", "DEFAULTS", "DEFAULT_RECONSTRUCT", "Result", "write_model", "OnnxcritError", "InputError",
            "UnsupportedModelError", "ResourceError", "SolveError", "BudgetError", "ValidationError",
            # the lower-level API (module docstring)
            "load_network", "Network", "compute_scores", "decoupled_scores", "keep_by_threshold", "to_scales",
            "removal_order", "keep_first_removed", "magnitude", "by_accuracy", "by_params", "round_up", "params_after",
-           "remove_units", "bias_compensation", "Reconstructor", "check_rewrite", "layer_table", "paired_timings", "retrain",
+           "remove_units", "bias_compensation", "Reconstructor", "Confirmer", "Dataset", "check_rewrite", "layer_table", "paired_timings", "retrain",
            "Progress"]
 __version__ = "0.1.0"
 

@@ -21,7 +21,7 @@ from .data import Dataset, load_data
 from .errors import BudgetError, InputError, OnnxcritError, SolveError, UnsupportedModelError, naming
 from .frontend import load_model, load_network
 from .ir import INPUT_STAGE_KINDS, Conv, Network
-from .options import DEFAULTS, Options
+from .options import DEFAULT_RECONSTRUCT, DEFAULTS, Options
 from .reconstruct import Reconstructor
 from .rewrite import bias_compensation, dead_units, remove_units
 from .validate import check_canonical, check_rewrite, run_tensors
@@ -113,6 +113,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     timings: dict[str, float] = {}
     loaded = _load(model, data, eval_data, progress, timings)
     plan = _plan(opts, loaded, progress)
+    opts = _resolve_reconstruct(opts, plan, loaded.net)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
     # with --reconstruct every candidate (measured, confirmed, rounded, written) is rewritten with its reconstruction
     compare_on = [loaded.evald]  # what --reconstruct auto compares on: the part of --eval-data the search sees
@@ -211,6 +212,16 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     # kept units are deployed at full strength unless asked otherwise (measured: docs/benchmarks.md)
     rescale = False if (mode == "decoupled" and opts.rescale is None) else opts.rescale
     return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale)
+
+
+def _resolve_reconstruct(opts: Options, plan: _Plan, net) -> Options:
+    """The default reconstruction (reconstruct None): DEFAULT_RECONSTRUCT in full mode without --compensate-bias;
+    none in decoupled mode (the least-squares fits of a VGG-size network cost minutes per candidate:
+    docs/method.md) and with bias compensation."""
+    if opts.reconstruct is not None:
+        return opts
+    applies = plan.mode == "full" and not opts.compensation
+    return replace(opts, reconstruct=DEFAULT_RECONSTRUCT if applies else "none")
 
 
 def _largest_build(opts: Options, loaded: _Loaded) -> int:
@@ -577,6 +588,7 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
         "masked_ir_tolerance": float(f"{check.tolerance:.3g}"),
         "solver": solver,
         "selection": {"rule": chosen.rule, "threshold": chosen.threshold, "notes": chosen.notes,
+                      "order": chosen.order,  # the removal order a budget walked (select.ORDERS)
                       "attempts": attempts, "round_to": candidate.round_to,
                       "units_scored": int(sum(len(candidate.keep[k]) for k in candidate.keep)),
                       "units_removed": int(sum(int(np.sum(~candidate.keep[k])) for k in candidate.keep)),

@@ -195,9 +195,10 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("--search", is_flag=True,
               help="With an accuracy budget: try 10/50/100 images x margin 1/2/4, keep the best.")
 @click.option("--compensate-bias", is_flag=True, help="Fold removed units' mean activation into the next bias.")
-@click.option("--reconstruct", type=click.Choice(RECONSTRUCTIONS), default=DEFAULTS.reconstruct, show_default=True,
+@click.option("--reconstruct", type=click.Choice(RECONSTRUCTIONS), default=DEFAULTS.reconstruct,
               help="Refit the next layer after removal, for every candidate measured: bias, per-unit scales, ridge "
-              "least squares of its weights, data-free merging, or auto (the most accurate).")
+              "least squares of its weights, data-free merging, none, or auto (the most accurate) [default: lsq in "
+              "full mode on a chain, else none].")
 @click.option("--rescale/--no-rescale", default=None,
               help="Kept units at their score or full strength [default: the more accurate under a budget, "
               "else score].")

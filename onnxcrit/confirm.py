@@ -188,7 +188,7 @@ class Confirmer:
             chosen.confirmation = self._unsplit_record()
             return chosen
         net = self.net
-        order = select.removal_order(net, scores)
+        order = select.removal_order(net, scores, chosen.order)
         rungs = sorted((row for row in chosen.tried if row["removed_units"] > 0
                         and row["drop"] <= self.budget + 1e-9), key=lambda row: row["removed_units"])
         ladder, last, failed = [], None, None
@@ -207,7 +207,8 @@ class Confirmer:
         if last is not None:
             row, scales, stats = last
             sel = select.Selection(scales=scales, rule=chosen.rule, threshold=row["threshold"],
-                                   notes=list(chosen.notes), tried=chosen.tried, rescaled=row["rescaled"])
+                                   notes=list(chosen.notes), tried=chosen.tried, rescaled=row["rescaled"],
+                                   order=chosen.order)
             sel.confirmation = self._record(stats, True, ladder)
             return sel
         if failed is None:  # no rung (cannot happen for a selection that met the budget): test the pick itself

@@ -18,6 +18,7 @@ from .reconstruct import CHOICES as RECONSTRUCTIONS
 from .solve import SOLVERS
 
 MODES = ("auto", "full", "decoupled")
+DEFAULT_RECONSTRUCT = "lsq"  # what reconstruct=None means where a reconstruction applies (measured: docs/method.md)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ class Options:
     target_macs: float | None = None  # fraction of the MACs per sample to keep at most
     rescale: bool | None = None  # kept units at their score (True), full strength (False), or the better
     compensation: bool = False  # fold removed units' mean activation into the next bias
-    reconstruct: str = "none"  # refit the next layers after removal (reconstruct.py), for every candidate measured
+    # refit the next layers after removal (reconstruct.py), for every candidate measured; None (the default):
+    # DEFAULT_RECONSTRUCT where it applies (full mode, no --compensate-bias), else none (docs/method.md)
+    reconstruct: str | None = None
     # deployment
     round_to: int | str = "auto"  # conv channels kept in multiples of this; auto: the fastest measured
     measure_latency: bool = True
@@ -97,9 +100,9 @@ class Options:
                f"target MACs must be a fraction in (0, 1], got {self.target_macs}")
         yield (sum(v is not None for v in (self.max_accuracy_drop, self.target_params, self.target_macs)) > 1,
                "give one budget: an accuracy budget, a parameter budget or a MAC budget")
-        yield (self.reconstruct not in RECONSTRUCTIONS,
+        yield (self.reconstruct is not None and self.reconstruct not in RECONSTRUCTIONS,
                f"unknown reconstruction {self.reconstruct!r}; expected one of {', '.join(RECONSTRUCTIONS)}")
-        yield (self.compensation and self.reconstruct != "none",
+        yield (self.compensation and self.reconstruct not in (None, "none"),
                "--compensate-bias and --reconstruct exclude each other (--reconstruct bias refits the bias)")
         yield (not _whole(self.latency_batch, 1),
                f"latency batch must be an integer >= 1, got {self.latency_batch!r}")

@@ -88,7 +88,8 @@ def candidates(net: Network, proto: onnx.ModelProto, scores: dict[int, np.ndarra
     signature of `remove_units`; a `reconstruct.Reconstructor`'s also reconstructs)."""
     out: list[Candidate] = []
     for k in sorted(set(roundings)):
-        scales, keep = select.round_up(net, scores, selection.scales, k, selection.rescaled, ROUNDED_KINDS)
+        scales, keep = select.round_up(net, scores, selection.scales, k, selection.rescaled, ROUNDED_KINDS,
+                                       order=selection.order)
         units = select.kept_counts(keep)
         twin = next((c for c in out if c.units == units), None)
         if twin is not None:

@@ -24,6 +24,7 @@ class Selection:
     rescaled: bool = True  # kept units deployed at their score (else at full strength)
     confirmation: dict | None = None  # an accuracy budget confirmed on other images (confirm.Confirmer)
     confirmed: "Selection | None" = None  # the confirmed selection this one led to (None: none confirmed)
+    order: str | None = None  # the removal order (ORDERS) the budget walked; None: ORDER
 
 
 def input_mask(net: Network, position: int, keep: dict[int, np.ndarray]) -> np.ndarray:
@@ -113,13 +114,89 @@ def magnitude(net: Network) -> dict[int, np.ndarray]:
     return out
 
 
-def removal_order(net: Network, scores: dict[int, np.ndarray]) -> list[tuple[int, int]]:
-    """(layer, unit) pairs from least to most important: by score, ties (e.g. many zeros) by magnitude."""
+def unit_costs(net: Network, size: str = "params") -> dict[int, np.ndarray]:
+    """Per prunable group, what removing each unit alone takes out of the full network: parameters (size
+    "params": its producers' rows and bias, and the weights of every linear layer reading its columns) or MACs
+    per sample (size "macs"). Exactly `count(all kept) - count(all kept but that unit)` of `params_after` /
+    `macs_after` (a test checks it)."""
+    costs = {g.key: np.zeros(g.units) for g in net.deps.prunable()}
+    macs = size == "macs"
+    for i in net.linear_indices():
+        layer = net.layers[i]
+        if getattr(layer, "group", 1) != 1 and not layer.depthwise:
+            continue  # a grouped conv keeps every channel: removing a unit changes nothing there
+        reach = layer.positions if macs else 1
+        out_keys, out_units = net.deps.owners[i]
+        in_keys, in_units = net.input_columns(i)
+        outs, ins = out_keys.size, in_keys.size
+        per_out = (layer.per_column if layer.depthwise else ins * layer.per_column) * reach + (0 if macs else 1)
+        for key, cost in costs.items():
+            rows = out_keys == key
+            if rows.any():
+                np.add.at(cost, out_units[rows], per_out)
+            cols = in_keys == key
+            if cols.any() and not layer.depthwise:  # a depthwise conv's input channel is its output channel
+                np.add.at(cost, in_units[cols], outs * layer.per_column * reach)
+    return costs
+
+
+# How the budgets rank units across layers (docs/method.md, "One order across layers"). A rule is "score" (the
+# raw score, ties by magnitude: today's order before the change) or HOW[/COST]: HOW makes a unit's score
+# comparable with other layers' ("mean": divided by its layer's mean score; "rank": its rank within the layer,
+# in (0, 1]), ties by magnitude relative to the layer's mean magnitude; COST divides both by the unit's
+# parameter (or, under a MAC budget, MAC) cost relative to the mean unit's ("cost") or by its square root
+# ("sqrtcost"). ORDER is the default, chosen by measurement (benchmarks/compression.py).
+ORDERS = ("score", "mean", "rank", "mean/sqrtcost", "mean/cost", "rank/cost")
+ORDER = "mean"
+
+
+def cost_power(rule: str) -> float:
+    """The power of the unit's cost a rule divides by (0: the cost plays no part)."""
+    return {"": 0.0, "sqrtcost": 0.5, "cost": 1.0}[rule.partition("/")[2]] if rule != "score" else 0.0
+
+
+def _relative(values: np.ndarray, how: str, tie: np.ndarray) -> np.ndarray:
+    """A layer's values made comparable with other layers': divided by their mean absolute value, or as ranks in
+    (0, 1] (ties by `tie`, then position)."""
+    if how == "rank":
+        order = np.lexsort((np.arange(len(values)), tie, np.round(values, 6)))
+        ranks = np.empty(len(values))
+        ranks[order] = np.arange(1, len(values) + 1)
+        return ranks / len(values)
+    mean = float(np.mean(np.abs(values)))
+    return values / mean if mean > 0 else np.zeros_like(values, dtype=np.float64)
+
+
+def removal_order(net: Network, scores: dict[int, np.ndarray], rule: str | None = None,
+                  size: str = "params") -> list[tuple[int, int]]:
+    """(layer, unit) pairs from least to most important, by `rule` (ORDERS; default ORDER); a rule with a cost
+    counts the unit's cost in `size` ("params" or "macs", `unit_costs`).
+
+    The default ("mean"): a unit's score divided by the mean score of its layer (a layer's average unit is 1,
+    whatever the criterion's scale there), ties (e.g. the MIP's many zeros) by the unit's magnitude divided by
+    its layer's mean magnitude."""
+    rule = ORDER if rule is None else rule
+    if rule not in ORDERS:
+        raise ValueError(f"unknown removal order {rule!r}; expected one of {', '.join(ORDERS)}")
     mags = magnitude(net)
-    layer_ids = np.concatenate([np.full(len(s), i) for i, s in sorted(scores.items())])
-    units = np.concatenate([np.arange(len(s)) for _, s in sorted(scores.items())])
-    values = np.concatenate([np.round(s, 6) for _, s in sorted(scores.items())])
-    ties = np.concatenate([mags[i] / max(float(mags[i].max()), 1e-300) for i, _ in sorted(scores.items())])
+    keys = sorted(scores)
+    layer_ids = np.concatenate([np.full(len(scores[i]), i) for i in keys])
+    units = np.concatenate([np.arange(len(scores[i])) for i in keys])
+    if rule == "score":
+        values = np.concatenate([np.round(scores[i], 6) for i in keys])
+        ties = np.concatenate([mags[i] / max(float(mags[i].max()), 1e-300) for i in keys])
+    else:
+        how, power = rule.partition("/")[0], cost_power(rule)
+        if power:
+            costs = unit_costs(net, size)
+            mean_cost = float(np.mean(np.concatenate([costs[i] for i in keys])))
+            weight = {i: (np.maximum(costs[i], 1e-12) / mean_cost) ** power for i in keys}
+        else:
+            weight = {i: 1.0 for i in keys}
+        values = np.concatenate([np.round(_relative(np.asarray(scores[i], dtype=np.float64), how, mags[i])
+                                          / weight[i], 9) for i in keys])
+        ties = np.concatenate([_relative(np.asarray(mags[i], dtype=np.float64), "mean", mags[i]) / weight[i]
+                               for i in keys])
     order = np.lexsort((units, layer_ids, ties, values))
     return [(int(layer_ids[j]), int(units[j])) for j in order]
 
@@ -139,21 +216,23 @@ def keep_first_removed(scores: dict[int, np.ndarray], order: list[tuple[int, int
 
 def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: np.ndarray, max_drop: float,
                 rescale: bool | None = None, baseline: float | None = None,
-                accuracy_of: Callable[[dict[int, np.ndarray] | None], float] | None = None, ladder: int = 0
-                ) -> tuple[Selection | None, Selection]:
+                accuracy_of: Callable[[dict[int, np.ndarray] | None], float] | None = None, ladder: int = 0,
+                order: str | None = None) -> tuple[Selection | None, Selection]:
     """Remove as many units (lowest score first) as possible while accuracy on (x, y) drops <= max_drop points.
 
     A coarse grid over the number of removed units, then bisection between the last count that met the budget
     and the next that did not. rescale None tries kept units both at their score and at full strength and keeps
     the more accurate. `accuracy_of(scales)` measures a candidate (None: the unpruned network); by default the
     IR's forward pass on (x, y). `ladder` > 0 also measures that many evenly spaced counts up to the one chosen
-    (the rungs `confirm.Confirmer` steps through; they cannot change the choice). Returns (the selection meeting
+    (the rungs `confirm.Confirmer` steps through; they cannot change the choice). `order`: the removal order
+    rule (ORDERS; default ORDER). Returns (the selection meeting
     the budget with the fewest parameters, or None when no removal at all meets it; the closest selection).
     """
     if accuracy_of is None:
         accuracy_of = lambda scales: accuracy(net, x, y, scales)  # noqa: E731
     base = accuracy_of(None) if baseline is None else baseline
-    order = removal_order(net, scores)
+    rule = ORDER if order is None else order
+    order = removal_order(net, scores, rule)
     modes = (True, False) if rescale is None else (bool(rescale),)
     tried: dict[int, dict] = {}
 
@@ -196,7 +275,7 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
     def as_selection(count: int) -> Selection:
         row = tried[count]
         return Selection(scales=row["_scales"], rule="accuracy budget", threshold=row["threshold"], tried=rows,
-                         rescaled=row["rescaled"])
+                         rescaled=row["rescaled"], order=rule)
 
     return (as_selection(best) if best is not None else None), as_selection(closest)
 
@@ -222,16 +301,18 @@ SIZES = {"params": (params_after, lambda net: net.params, "parameter budget"),
 
 
 def by_params(net: Network, scores: dict[int, np.ndarray], fraction: float,
-              rescale: bool = True, size: str = "params") -> tuple[Selection | None, Selection]:
+              rescale: bool = True, size: str = "params", order: str | None = None
+              ) -> tuple[Selection | None, Selection]:
     """Remove the lowest-scored units (across layers) until at most `fraction` of the parameters (size
     "params") or of the MACs per sample (size "macs") remain.
 
     Returns (the selection meeting the budget or None, the smallest selection reached).
     """
-    count, total, rule = SIZES[size]
+    count, total, rule_name = SIZES[size]
     limit = fraction * total(net)
     keep = {i: np.ones(len(s), dtype=bool) for i, s in scores.items()}
-    for layer, unit in removal_order(net, scores):
+    rule = ORDER if order is None else order
+    for layer, unit in removal_order(net, scores, rule, size):
         if count(net, keep) <= limit:
             break
         if keep[layer].sum() > 1:  # never remove the last unit of a layer
@@ -239,12 +320,14 @@ def by_params(net: Network, scores: dict[int, np.ndarray], fraction: float,
     reached = count(net, keep)
     tried = [{"fraction": fraction, f"{size}_after": reached, f"{size}_before": total(net),
               "params_after": params_after(net, keep)}]
-    sel = Selection(scales=to_scales(scores, keep, rescale), rule=rule, tried=tried, rescaled=bool(rescale))
+    sel = Selection(scales=to_scales(scores, keep, rescale), rule=rule_name, tried=tried, rescaled=bool(rescale),
+                    order=rule)
     return (sel if reached <= limit else None), sel
 
 
 def round_up(net: Network, scores: dict[int, np.ndarray], scales: dict[int, np.ndarray], multiple: int,
-             rescaled: bool, kinds: tuple[type, ...] = (Conv,)) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+             rescaled: bool, kinds: tuple[type, ...] = (Conv,), order: str | None = None
+             ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Round every `kinds` layer's kept units up to a multiple of `multiple` (never above its unit count).
 
     onnxruntime runs convolutions in a blocked channel layout (NCHWc, 8 or 16 channels a block): a layer whose
@@ -262,7 +345,7 @@ def round_up(net: Network, scores: dict[int, np.ndarray], scales: dict[int, np.n
     out = {i: np.array(s, dtype=np.float64) for i, s in scales.items()}
     if multiple <= 1:
         return out, keep
-    order = removal_order(net, scores)
+    order = removal_order(net, scores, order)
     for i in sorted(scales):
         layer = net.layers[i]
         if not isinstance(layer, kinds):

@@ -168,7 +168,8 @@ def test_choose_takes_the_best_geometric_mean_ties_to_less_rounding():
 def test_auto_writes_the_fastest_candidate_by_the_rule():
     calls = []
     table = {(8, 16): 1.0, (7, 12): 1.25, (8, 12): 0.8}  # K=8 gives the original widths: no faster
-    res = optimize(CNN, CNN_CAL, eval_data=CNN_EVAL, latency_timer=_fake_timer(table, calls=calls))
+    res = optimize(CNN, CNN_CAL, eval_data=CNN_EVAL, latency_timer=_fake_timer(table, calls=calls),
+                   reconstruct="none")  # the widths the fake timer's table knows
     lat = res.report["latency"]
     assert [c["round_to"] for c in lat["candidates"]] == [1, 4, 8]
     assert lat["candidates"][2]["same_as"] == [16]  # K=16 has K=8's counts: not measured twice
@@ -188,7 +189,7 @@ def test_latency_batch_option_and_geometric_mean_over_both_batches():
         t = {1: {(8, 16): 1.0, (7, 12): 0.7, (8, 12): 0.95}, 16: {(8, 16): 1.0, (7, 12): 2.0, (8, 12): 1.5}}[batch]
         return [t[_conv_units(m)] for m in models]
 
-    res = optimize(CNN, CNN_CAL, eval_data=CNN_EVAL, latency_timer=timer, latency_batch=16)
+    res = optimize(CNN, CNN_CAL, eval_data=CNN_EVAL, latency_timer=timer, latency_batch=16, reconstruct="none")
     lat = res.report["latency"]
     assert set(k for k in lat if k.startswith("batch_")) == {"batch_1", "batch_16"}
     assert lat["round_to"] == 8  # geomeans: K1 sqrt(1/0.7 * 0.5) = 0.85, K4 0.84, K8 1.0
@@ -204,7 +205,8 @@ def test_every_candidate_slower_sets_slower_and_the_cli_warns(tmp_path, monkeypa
     monkeypatch.setattr(rounding, "default_timer", lambda net, threads=1: fake)
     report = tmp_path / "r.json"
     result = CliRunner().invoke(main, ["optimize", str(CNN), "--data", str(CNN_CAL), "--eval-data", str(CNN_EVAL),
-                                       "-o", str(tmp_path / "o.onnx"), "--report", str(report), "-q"],
+                                       "-o", str(tmp_path / "o.onnx"), "--report", str(report), "-q",
+                                       "--reconstruct", "none"],  # the widths the fake timer's table knows
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     lat = json.loads(report.read_text())["latency"]
@@ -220,7 +222,7 @@ def test_not_slower_prints_no_warning(tmp_path, monkeypatch):
     monkeypatch.setattr(rounding, "default_timer",
                         lambda net, threads=1: _fake_timer({(8, 16): 1.0, (7, 12): 0.9, (8, 12): 0.95}))
     result = CliRunner().invoke(main, ["optimize", str(CNN), "--data", str(CNN_CAL), "--eval-data", str(CNN_EVAL),
-                                       "-o", str(tmp_path / "o.onnx")], catch_exceptions=False)
+                                       "-o", str(tmp_path / "o.onnx"), "--reconstruct", "none"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "slower than the original" not in result.output
     assert "conv rounding none: the fastest of --round-to 1, 4, 8 here" in " ".join(result.output.split())

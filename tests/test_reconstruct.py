@@ -306,9 +306,20 @@ def test_the_budget_search_selects_on_the_reconstructed_accuracy():
     row = min(res.report["selection"]["attempts"][-1]["tried"], key=lambda r: (r["params_after"], r["removed_units"])
               if r["drop"] <= 1.0 + 1e-9 else (np.inf, 0))
     assert row["accuracy"] == pytest.approx(res.report["accuracy_after"], abs=1e-3)
-    plain = onnxcrit.optimize(MLP, data, eval_data=evald, measure_latency=False)
+    plain = onnxcrit.optimize(MLP, data, eval_data=evald, reconstruct="none", measure_latency=False)
     assert plain.report["selection"]["reconstruct"] == {"method": "none"}
     assert res.report["params_after"] < plain.report["params_after"]  # measured: 2,727 vs 4,902
+    default = onnxcrit.optimize(MLP, data, eval_data=evald, measure_latency=False)  # full mode, a chain: lsq
+    assert default.report["options"]["reconstruct"] == "lsq"
+    assert default.report["params_after"] == res.report["params_after"]
+
+
+def test_the_default_reconstruction_is_none_where_lsq_does_not_apply():
+    data, evald = ROOT / "models" / "digits_mlp_calib.npz", ROOT / "models" / "digits_mlp_eval.npz"
+    for changes in ({"mode": "decoupled"}, {"compensation": True}):
+        res = onnxcrit.optimize(MLP, data, eval_data=evald, measure_latency=False, **changes)
+        assert res.report["options"]["reconstruct"] == "none", changes
+        assert res.report["selection"]["reconstruct"] == {"method": "none"}
 
 
 def test_auto_keeps_the_most_accurate_method():
@@ -336,7 +347,7 @@ def test_options_and_flag():
         Options(reconstruct="ols")
     with pytest.raises(InputError, match="exclude each other"):
         Options(reconstruct="lsq", compensation=True)
-    assert Options().reconstruct == "none"
+    assert Options().reconstruct is None  # lsq in full mode on a chain, else none (api._resolve_reconstruct)
     with pytest.raises(InputError, match="give --eval-data"):
         onnxcrit.optimize(MLP, ROOT / "models" / "digits_mlp_calib.npz", reconstruct="auto", measure_latency=False)
     res = CliRunner().invoke(main, ["optimize", "--help"])
