@@ -198,7 +198,7 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("--reconstruct", type=click.Choice(RECONSTRUCTIONS), default=DEFAULTS.reconstruct,
               help="Refit the next layer after removal, for every candidate measured: bias, per-unit scales, ridge "
               "least squares of its weights, data-free merging, none, or auto (the most accurate) [default: lsq in "
-              "full mode on a chain, else none].")
+              "full mode, none in decoupled mode].")
 @click.option("--rescale/--no-rescale", default=None,
               help="Kept units at their score or full strength [default: the more accurate under a budget, "
               "else score].")
