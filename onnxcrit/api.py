@@ -15,9 +15,10 @@ import numpy as np
 import onnx
 
 from . import measure, resources, rounding, select
+from . import report as report_mod
 from .bounds import interval_bounds
 from .data import Dataset, load_data
-from .errors import BudgetError, InputError, OnnxcritError, SolveError, naming
+from .errors import BudgetError, InputError, OnnxcritError, SolveError, UnsupportedModelError, naming
 from .frontend import load_model, load_network
 from .ir import INPUT_STAGE_KINDS, Network
 from .options import DEFAULTS, Options
@@ -111,6 +112,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     progress = progress or Progress()
     timings: dict[str, float] = {}
     loaded = _load(model, data, eval_data, progress, timings)
+    if finetune_data is not None and not loaded.net.is_chain():
+        raise InputError("fine-tuning maps a chain of layers onto torch; this model is a branching graph")
     plan = _plan(opts, loaded, progress)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
     # with --reconstruct every candidate (measured, confirmed, rounded, written) is rewritten with its reconstruction
@@ -157,6 +160,9 @@ def _load(model, data, eval_data, progress, timings) -> _Loaded:
     """Read and canonicalise the model, check it against the published one, read the data."""
     done = _timed("load", progress, timings)
     net, proto = load_network(model)
+    if not net.scored_indices():
+        whole = "; ".join(sorted({g.frozen for g in net.groups if g.frozen}))
+        raise UnsupportedModelError(f"nothing to prune: every channel group is kept whole ({whole})")
     calib = load_data(data, net, what="calibration data")
     evald = load_data(eval_data, net, what="evaluation data") if eval_data is not None else None
     patterns = recognised_patterns(net)
@@ -171,6 +177,10 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     """The selection rule and the mode, from the options and whether there is evaluation data."""
     net, evald = loaded.net, loaded.evald
     mode, reason, workers = opts.mode, "requested", opts.workers
+    if not net.is_chain():
+        _check_branching(opts, net)
+        if mode == "auto":
+            mode, reason = "full", "a branching graph (one MIP for the whole network)"
     if mode != "full":
         from . import decoupled
 
@@ -206,6 +216,17 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     # kept units are deployed at full strength unless asked otherwise (measured: docs/benchmarks.md)
     rescale = False if (mode == "decoupled" and opts.rescale is None) else opts.rescale
     return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale)
+
+
+def _check_branching(opts: Options, net) -> None:
+    """What does not take branching graphs yet, refused in one line before any work."""
+    merge = next((layer for layer in net.layers if layer.kind in ("add", "concat")), None)
+    shape = f"a branching graph ({merge.kind} '{merge.name}')" if merge else "a branching graph"
+    if opts.mode == "decoupled":
+        raise InputError(f"--mode decoupled needs a chain of layers; this model is {shape} (use --mode full)")
+    if opts.reconstruct != "none" or opts.compensation:
+        what = f"--reconstruct {opts.reconstruct}" if opts.reconstruct != "none" else "--compensate-bias"
+        raise InputError(f"{what} refits the one layer after each pruned one; this model is {shape}")
 
 
 def _largest_build(opts: Options, loaded: _Loaded) -> int:
@@ -543,7 +564,7 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
     before_rows = measure.layer_table(net, proto)
     after_rows = measure.layer_table(new_net, new_model)
     before, after = measure.totals(before_rows), measure.totals(after_rows)
-    scored_set = set(net.scored_indices())
+    scored_set = report_mod.pruned_layers(net)
     layers = []
     for j, i in enumerate(net.linear_indices()):
         layers.append({"name": net.layers[i].name, "kind": net.layers[i].kind,
@@ -561,6 +582,7 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
         "macs_before": before["macs"], "macs_after": after["macs"],
         "file_size_before": measure.file_size(proto), "file_size_after": measure.file_size(new_model),
         "layers": layers,
+        "groups": report_mod.group_rows(net),
         "accuracy_before": _accuracy_pct(check.accuracy_before),
         "accuracy_after": _accuracy_pct(check.accuracy_after),
         "accuracy_data": "evaluation" if evald is not None else "calibration",

@@ -35,7 +35,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace, field
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -234,6 +234,8 @@ def block_network(net: Network, block: Block, head: Head) -> tuple[Network, floa
         scored = Dense(f"{layer.name}/scores", np.eye(units), np.zeros(units), (units,))
     tail = net.layers[block.position + 1:] if block.last else net.layers[block.position + 1:block.stop]
     layers = [scored, *tail, *([] if block.last else [*head.pool, head.dense])]
+    # a chain of its own: the copied layers read the one before them (decoupled mode takes chains only)
+    layers = [replace(layer, inputs=(), output="") for layer in layers]
     sub = Network(layers=list(layers), input_name=f"{layer.name}/preactivation", input_shape=tuple(layer.out_shape),
                   logits_name=f"{block.name}/head")
     return sub, float(np.abs(layer.weight).reshape(units, -1).sum(axis=1).max(initial=0.0))

@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import InputError, UnsupportedModelError
-from .ir import (LINEAR_KINDS, Affine, AvgPool, Conv, Dense, MaxPool, Network, ParamRef, Relu,
+from .ir import (LINEAR_KINDS, Add, Affine, AvgPool, Concat, Conv, Dense, MaxPool, Network, ParamRef, Relu,
                  Reshape, Transpose)
 
 # Ops after the logits that onnxcrit keeps untouched and ignores (scikit-learn's exporter adds the last few).
@@ -119,10 +119,14 @@ class _Walk:
     layers: list = field(default_factory=list)
     shape: tuple[int, ...] = ()
     tensor: str = ""
-    open_linear: bool = False  # the last layer is linear and nothing but bias/BatchNorm followed it yet
+    open_linear: dict = field(default_factory=dict)  # IR value -> a linear layer's output, nothing but bias/BN after
     visited: set[int] = field(default_factory=set)
     batch: int | None = None  # a fixed batch size from the input's first dimension, if any
     computed_targets: dict = field(default_factory=dict)  # Reshape target tensor -> its value, when computed
+    # ONNX tensor -> (the IR value it is: a layer output name or the input's name, its per-sample shape)
+    values: dict = field(default_factory=dict)
+    source: str = ""  # the IR value the current node reads
+    producer: dict = field(default_factory=dict)  # IR value name -> position of the layer writing it
 
     def const(self, name: str, node: onnx.NodeProto, what: str) -> np.ndarray:
         if name not in self.consts:
@@ -132,15 +136,16 @@ class _Walk:
     def fail(self, node: onnx.NodeProto, why: str):
         raise UnsupportedModelError(f"{node_label(node)}: {why}")
 
-
-def _single_activation_input(walk: _Walk, node: onnx.NodeProto) -> None:
-    """The node must read the walked tensor once, and every other input must be a constant."""
-    for pos, name in enumerate(node.input):
-        if not name or name == walk.tensor:
-            continue
-        if name not in walk.consts:
-            walk.fail(node, f"input {pos} '{name}' is another activation: only single-input chains are "
-                            "supported (no residual, concat or multi-input branches)")
+    def open_layer(self, node: onnx.NodeProto, what: str):
+        """The linear layer whose output this node reads, when nothing but bias/BatchNorm followed it yet and no
+        other node reads it (so a bias or BatchNorm can be folded into it); else a refusal naming `what`."""
+        pos = self.producer.get(self.source)
+        layer = self.layers[pos] if pos is not None else None
+        if layer is None or layer.kind not in LINEAR_KINDS or not self.open_linear.get(self.source):
+            self.fail(node, what)
+        if len(self.consumers.get(self.tensor, [])) != 1:
+            self.fail(node, f"folds into '{layer.name}', whose output '{self.tensor}' is also read by other nodes")
+        return layer
 
 
 def _pads_2d(walk: _Walk, node: onnx.NodeProto, attrs: dict, kernel, strides, dilations) -> tuple[int, ...]:
@@ -172,7 +177,6 @@ def _need_rank(walk: _Walk, node: onnx.NodeProto, rank: int, what: str) -> None:
 def _add_linear(walk: _Walk, layer) -> None:
     walk.layers.append(layer)
     walk.shape = layer.out_shape
-    walk.open_linear = True
 
 
 def _on_gemm(walk: _Walk, node: onnx.NodeProto) -> None:
@@ -226,10 +230,12 @@ def _on_conv(walk: _Walk, node: onnx.NodeProto) -> None:
     w = walk.const(node.input[1], node, "weight").astype(np.float64)
     if w.ndim != 4:
         walk.fail(node, f"weight '{node.input[1]}' has shape {list(w.shape)}: only 2-D convolutions are supported")
-    if int(attrs.get("group", 1)) != 1:
-        walk.fail(node, f"group={attrs['group']} (grouped/depthwise convolution) is not supported yet")
-    if w.shape[1] != walk.shape[0]:
-        walk.fail(node, f"weight '{node.input[1]}' {list(w.shape)} does not fit {walk.shape[0]} input channels")
+    group = int(attrs.get("group", 1))
+    if group < 1 or walk.shape[0] % group or w.shape[0] % group:
+        walk.fail(node, f"group={group} does not divide {walk.shape[0]} input and {w.shape[0]} output channels")
+    if w.shape[1] * group != walk.shape[0]:
+        walk.fail(node, f"weight '{node.input[1]}' {list(w.shape)} does not fit {walk.shape[0]} input channels"
+                        f"{f' in {group} groups' if group > 1 else ''}")
     kernel = tuple(int(k) for k in attrs.get("kernel_shape", w.shape[2:]))
     if kernel != tuple(w.shape[2:]):
         walk.fail(node, f"kernel_shape {list(kernel)} differs from the weight's {list(w.shape[2:])}")
@@ -241,9 +247,11 @@ def _on_conv(walk: _Walk, node: onnx.NodeProto) -> None:
     if len(node.input) > 2 and node.input[2]:
         bias = walk.const(node.input[2], node, "bias").astype(np.float64).reshape(-1).copy()
         out_refs.append(ParamRef(node.input[2], 0))
+    # a depthwise conv reads input channel c with weight row c; a group-1 conv with weight column c
+    depthwise = group > 1 and group == walk.shape[0] == w.shape[0]
     layer = Conv(name=node.name or node.output[0], weight=w, bias=bias, in_shape=walk.shape, strides=strides,
-                 pads=pads, dilations=dilations, out_refs=tuple(out_refs), in_refs=(ParamRef(node.input[1], 1),),
-                 nodes=(node.name,))
+                 pads=pads, dilations=dilations, out_refs=tuple(out_refs),
+                 in_refs=(ParamRef(node.input[1], 0 if depthwise else 1),), nodes=(node.name,), group=group)
     if min(layer.out_hw) < 1:
         walk.fail(node, f"output would be empty for input {list(walk.shape)}")
     _add_linear(walk, layer)
@@ -256,6 +264,8 @@ def _has_linear(walk: _Walk) -> bool:
 def _on_affine(walk: _Walk, node: onnx.NodeProto) -> None:
     """Sub/Div/Mul/Add of a constant before the first linear layer (input normalisation, Keras Rescaling)."""
     op = node.op_type
+    if _has_linear(walk) and op == "Mul":
+        return _fold_scale(walk, node)
     if _has_linear(walk):
         walk.fail(node, f"{op} of a constant is supported before the first Gemm/MatMul/Conv only (input "
                         "normalisation), not between layers")
@@ -286,7 +296,38 @@ def _on_affine(walk: _Walk, node: onnx.NodeProto) -> None:
         scale, shift = 1.0 / c, np.zeros_like(c)
     walk.layers.append(Affine(name=node.name or node.output[0], in_shape=walk.shape, scale=scale, shift=shift,
                               nodes=(node.name,)))
-    walk.open_linear = False
+
+
+def _per_unit(layer, c: np.ndarray) -> int | None:
+    """The axis of constant c that indexes layer's units when c is one value per unit (as a bias or a
+    per-channel scale is written), else None."""
+    units = layer.units
+    if c.size != units:
+        return None
+    if layer.kind == "dense":
+        return c.ndim - 1 if c.ndim in (1, 2) and c.shape[-1] == units else None
+    return c.ndim - 3 if c.shape in ((units, 1, 1), (1, units, 1, 1)) else None
+
+
+def _fold_scale(walk: _Walk, node: onnx.NodeProto) -> None:
+    """Mul of a per-unit (or scalar) constant right after a linear layer: a BatchNormalization written as
+    Mul + Add (tf2onnx), folded into the layer's weight and bias."""
+    other = node.input[1] if node.input[0] == walk.tensor else node.input[0]
+    if other == walk.tensor:
+        walk.fail(node, "multiplies the activation by itself")
+    layer = walk.open_layer(node, "Mul of a constant is supported right after a Gemm/MatMul/Conv (a per-unit "
+                                  "scale) or before the first one (input normalisation)")
+    c = walk.consts[other].astype(np.float64)
+    axis = _per_unit(layer, c)
+    if axis is None and c.size != 1:
+        walk.fail(node, f"constant '{other}' {list(c.shape)} is not a per-unit scale of {layer.kind} layer "
+                        f"'{layer.name}' with {layer.units} units")
+    scale = np.full(layer.units, float(c.reshape(-1)[0])) if axis is None else c.reshape(layer.units)
+    layer.weight = layer.weight * scale.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
+    layer.bias = layer.bias * scale
+    if axis is not None:
+        layer.out_refs = layer.out_refs + (ParamRef(other, axis),)
+    layer.nodes = layer.nodes + (node.name,)
 
 
 def _on_add(walk: _Walk, node: onnx.NodeProto) -> None:
@@ -296,12 +337,7 @@ def _on_add(walk: _Walk, node: onnx.NodeProto) -> None:
     other = node.input[1] if node.input[0] == walk.tensor else node.input[0]
     if other == walk.tensor:
         walk.fail(node, "adds the activation to itself")
-    if other not in walk.consts:
-        walk.fail(node, f"adds two activations ('{walk.tensor}' and '{other}'): residual connections are "
-                        "not supported")
-    if not walk.open_linear:
-        walk.fail(node, "adds a constant that is not the bias of a Gemm/MatMul/Conv")
-    layer = walk.layers[-1]
+    layer = walk.open_layer(node, "adds a constant that is not the bias of a Gemm/MatMul/Conv")
     c = walk.consts[other].astype(np.float64)
     units = layer.units
     if isinstance(layer, Dense):
@@ -321,15 +357,39 @@ def _on_add(walk: _Walk, node: onnx.NodeProto) -> None:
     layer.nodes = layer.nodes + (node.name,)
 
 
+def _on_merge(walk: _Walk, node: onnx.NodeProto, acts: list[str]) -> None:
+    """Add / Sum of activations (a residual connection), Concat of activations on the channel axis."""
+    shapes = [walk.values[t][1] for t in acts]
+    sources = tuple(walk.values[t][0] for t in acts)
+    name = node.name or node.output[0]
+    if node.op_type in ("Add", "Sum"):
+        if len(acts) != len(node.input) or any(sh != shapes[0] for sh in shapes):
+            walk.fail(node, "adds tensors of different per-sample shapes "
+                            f"({', '.join(str(list(sh)) for sh in shapes)}) or a constant to a sum of activations")
+        walk.layers.append(Add(name=name, in_shape=shapes[0], nodes=(node.name,), inputs=sources))
+    elif node.op_type == "Concat":
+        rank = len(shapes[0]) + 1
+        axis = int(_attrs(node).get("axis", 1))
+        axis = axis + rank if axis < 0 else axis
+        if len(acts) != len(node.input):
+            walk.fail(node, "concatenates constants with activations")
+        if axis != 1:
+            walk.fail(node, f"concatenates on axis {axis}; only the channel axis (1) is supported")
+        if any(len(sh) != len(shapes[0]) or sh[1:] != shapes[0][1:] for sh in shapes):
+            walk.fail(node, f"concatenates per-sample shapes {', '.join(str(list(sh)) for sh in shapes)}")
+        walk.layers.append(Concat(name=name, in_shapes=tuple(shapes), nodes=(node.name,), inputs=sources))
+    else:
+        walk.fail(node, f"combines several activations with {node.op_type} ({_why_unsupported(node.op_type)})")
+    walk.shape = walk.layers[-1].out_shape
+
+
 def _on_batchnorm(walk: _Walk, node: onnx.NodeProto) -> None:
     attrs = _attrs(node)
-    if not walk.open_linear:
-        walk.fail(node, "BatchNormalization must directly follow a Conv, Gemm or MatMul to be folded")
+    layer = walk.open_layer(node, "BatchNormalization must directly follow a Conv, Gemm or MatMul to be folded")
     if attrs.get("training_mode", 0):
         walk.fail(node, "training_mode=1 (training-form BatchNormalization)")
     if any(out for out in node.output[1:]):
         walk.fail(node, "its running statistics outputs are used (training form)")
-    layer = walk.layers[-1]
     scale, beta, mean, var = (walk.const(name, node, what).astype(np.float64).reshape(-1)
                               for name, what in zip(node.input[1:5], ("scale", "B", "mean", "var")))
     if not all(v.size == layer.units for v in (scale, beta, mean, var)):
@@ -343,7 +403,6 @@ def _on_batchnorm(walk: _Walk, node: onnx.NodeProto) -> None:
 
 def _on_relu(walk: _Walk, node: onnx.NodeProto) -> None:
     walk.layers.append(Relu(name=node.name or node.output[0], in_shape=walk.shape, nodes=(node.name,)))
-    walk.open_linear = False
 
 
 def _on_maxpool(walk: _Walk, node: onnx.NodeProto) -> None:
@@ -361,7 +420,6 @@ def _on_maxpool(walk: _Walk, node: onnx.NodeProto) -> None:
                     pads=pads, dilations=dilations, ceil_mode=bool(attrs.get("ceil_mode", 0)), nodes=(node.name,))
     walk.layers.append(layer)
     walk.shape = layer.out_shape
-    walk.open_linear = False
 
 
 def _on_avgpool(walk: _Walk, node: onnx.NodeProto) -> None:
@@ -382,7 +440,17 @@ def _on_avgpool(walk: _Walk, node: onnx.NodeProto) -> None:
             walk.fail(node, "ceil_mode=1 changes the output size here, which is not supported for AveragePool")
     walk.layers.append(layer)
     walk.shape = layer.out_shape
-    walk.open_linear = False
+
+
+def _on_reduce_mean(walk: _Walk, node: onnx.NodeProto) -> None:
+    """ReduceMean over the spatial axes (the dynamo exporter's global average pooling)."""
+    _need_rank(walk, node, 3, "a 2-D image input [N, C, H, W]")
+    axes = sorted(a + 4 if a < 0 else a for a in _axes(walk, node))
+    if axes != [2, 3]:
+        walk.fail(node, f"reduces axes {axes}; only the spatial axes [2, 3] (global average pooling) are supported")
+    _on_global_avgpool(walk, node)
+    if not int(_attrs(node).get("keepdims", 1)):
+        _add_reshape(walk, node, (walk.shape[0],), None)
 
 
 def _on_global_avgpool(walk: _Walk, node: onnx.NodeProto) -> None:
@@ -392,7 +460,6 @@ def _on_global_avgpool(walk: _Walk, node: onnx.NodeProto) -> None:
                     nodes=(node.name,))
     walk.layers.append(layer)
     walk.shape = layer.out_shape
-    walk.open_linear = False
 
 
 def _add_reshape(walk: _Walk, node: onnx.NodeProto, out_shape: tuple[int, ...], shape_node: str | None) -> None:
@@ -401,7 +468,6 @@ def _add_reshape(walk: _Walk, node: onnx.NodeProto, out_shape: tuple[int, ...], 
     walk.layers.append(Reshape(name=node.name or node.output[0], in_shape=walk.shape, out_shape=tuple(out_shape),
                                shape_node=shape_node, nodes=(node.name,)))
     walk.shape = tuple(out_shape)
-    walk.open_linear = False
 
 
 def _on_flatten(walk: _Walk, node: onnx.NodeProto) -> None:
@@ -494,7 +560,6 @@ def _on_transpose(walk: _Walk, node: onnx.NodeProto) -> None:
         walk.layers.append(Transpose(name=node.name or node.output[0], in_shape=walk.shape,
                                      perm=tuple(p - 1 for p in perm[1:]), nodes=(node.name,)))
         walk.shape = walk.layers[-1].out_shape
-        walk.open_linear = False
         return
     if perm[0] != 0 or moved != sorted(moved):
         walk.fail(node, f"perm {perm} changes the memory layout of {list(walk.shape)} between layers (supported: "
@@ -523,12 +588,14 @@ BODY_OPS: dict[str, Callable[[_Walk, onnx.NodeProto], None]] = {
     "MaxPool": _on_maxpool,
     "AveragePool": _on_avgpool,
     "GlobalAveragePool": _on_global_avgpool,
+    "ReduceMean": _on_reduce_mean,
     "Flatten": _on_flatten,
     "Reshape": _on_reshape,
     "Squeeze": _on_squeeze,
     "Unsqueeze": _on_unsqueeze,
     "Transpose": _on_transpose,
     "Identity": _on_passthrough,
+    "Sum": _on_add,
     "Dropout": _on_passthrough,
     "Cast": _on_passthrough,
 }
@@ -558,19 +625,24 @@ def _opset(model: onnx.ModelProto) -> int:
 HEAD_KINDS = ("relu", "avgpool", "reshape")
 
 
-def _at_tail(walk: _Walk, nodes) -> bool:
-    """True when the walked tensor is the logits: a vector per sample after the last linear layer (and, for a
-    convolutional head, its pooling and flatten), followed by tail ops only (or by nothing)."""
-    linear = [i for i, layer in enumerate(walk.layers) if layer.kind in LINEAR_KINDS]
-    if not linear or len(walk.shape) != 1:
+def _at_tail(walk: _Walk, tensor: str) -> bool:
+    """True when `tensor` is the logits: a vector per sample written by the last linear layer (or, for a
+    convolutional head, its pooling and flatten), read by tail ops only (or by nothing) and by no path that
+    reaches another linear layer."""
+    source, shape = walk.values[tensor]
+    if len(shape) != 1:
         return False
-    if any(layer.kind not in HEAD_KINDS for layer in walk.layers[linear[-1] + 1:]):
+    pos = walk.producer.get(source)
+    while pos is not None and walk.layers[pos].kind not in LINEAR_KINDS:
+        layer = walk.layers[pos]
+        if layer.kind not in HEAD_KINDS or len(layer.inputs) != 1:
+            return False
+        pos = walk.producer.get(layer.inputs[0])
+    if pos is None:
         return False
-    if not nodes:
-        return True
+    nodes = [i for i in walk.consumers.get(tensor, []) if i not in walk.visited]
     # Reshape/Flatten/Identity/Cast may be body ops too; they end the body only when nothing linear follows
-    return not _reaches_linear(walk, walk.tensor) and all(walk.model.graph.node[i].op_type in TAIL_OPS
-                                                           for i in nodes)
+    return not _reaches_linear(walk, tensor) and all(walk.model.graph.node[i].op_type in TAIL_OPS for i in nodes)
 
 
 def _reaches_linear(walk: _Walk, tensor: str) -> bool:
@@ -616,45 +688,82 @@ def to_network(model: onnx.ModelProto) -> Network:
     consts = constant_values(graph)
     walk = _Walk(model=model, consts=consts, consumers=consumers, opset=opset, shape=tuple(shape),
                  tensor=vi.name, batch=batch)
+    walk.values[vi.name] = (vi.name, tuple(shape))
     outputs = {o.name for o in graph.output}
     tail_ops: list[str] = []
-    while True:
-        nodes = [i for i in consumers.get(walk.tensor, []) if i not in walk.visited]
-        if _at_tail(walk, nodes):
-            tail_ops = _collect_tail(walk, nodes)
-            break
-        if not nodes:
-            if walk.tensor in outputs:
-                raise UnsupportedModelError(f"output '{walk.tensor}' (per-sample shape {list(walk.shape)}) is not "
-                                            "a vector of logits computed by a Gemm, MatMul or Conv layer")
-            raise UnsupportedModelError(f"tensor '{walk.tensor}' is not used and is no output")
-        if len(nodes) > 1:
-            nodes = _fold_shape_branch(walk, nodes)
-        if len(nodes) > 1:
-            what = ", ".join(node_label(graph.node[i], i) for i in nodes)
-            raise UnsupportedModelError(f"tensor '{walk.tensor}' feeds {len(nodes)} nodes ({what}): branching "
-                                        "graphs (residual, concat) are not supported")
-        if walk.tensor in outputs and walk.tensor != vi.name:
-            raise UnsupportedModelError(f"intermediate tensor '{walk.tensor}' is also a graph output; onnxcrit "
-                                        "needs the logits to be the last linear layer's output")
-        node = graph.node[nodes[0]]
+    logits = None
+    for index, node in enumerate(graph.node):  # ONNX keeps nodes in topological order
+        if index in walk.visited or node.op_type == "Constant":
+            continue
+        acts = [t for t in node.input if t and t not in walk.consts]
+        if not acts:
+            continue  # computes on constants only (e.g. shape arithmetic); harmless
+        unknown = [t for t in acts if t not in walk.values]
+        if unknown:
+            raise UnsupportedModelError(f"{node_label(node, index)} reads '{unknown[0]}', which is computed after the "
+                                        "logits or by a node onnxcrit does not follow")
+        if len(set(acts)) == 1 and logits is None and _at_tail(walk, acts[0]):
+            logits = acts[0]
+            tail_ops = _collect_tail(walk, [i for i in consumers[logits] if i not in walk.visited])
+            continue
+        if node.op_type == "Shape":
+            walk.tensor = acts[0]
+            walk.source, walk.shape = walk.values[acts[0]]
+            _fold_shape_branch(walk, [i for i in consumers[acts[0]] if i not in walk.visited])
+            if index in walk.visited:
+                continue
         handler = BODY_OPS.get(node.op_type)
-        if handler is None or node.domain not in ("", "ai.onnx"):
-            raise UnsupportedModelError(f"{node_label(node, nodes[0])}: op {node.op_type} is not supported "
+        if node.domain not in ("", "ai.onnx") or (handler is None and node.op_type not in MERGE_OPS):
+            raise UnsupportedModelError(f"{node_label(node, index)}: op {node.op_type} is not supported "
                                         f"({_why_unsupported(node.op_type)})")
-        _single_activation_input(walk, node)
-        handler(walk, node)
-        walk.visited.add(nodes[0])
-        main_outputs = [o for o in node.output[:1] if o]
-        walk.tensor = main_outputs[0]
-    _check_dead_ends(walk, graph, outputs)
+        for t in acts:
+            if t in outputs and t != vi.name:
+                raise UnsupportedModelError(f"intermediate tensor '{t}' is also a graph output; onnxcrit needs the "
+                                            "logits to be the last linear layer's output")
+        walk.visited.add(index)
+        out = node.output[0]
+        before = len(walk.layers)
+        if len(set(acts)) > 1 or (node.op_type == "Concat"):
+            _on_merge(walk, node, acts)
+        else:
+            walk.tensor = acts[0]
+            walk.source, walk.shape = walk.values[acts[0]]
+            handler(walk, node)
+        if len(walk.layers) > before:
+            previous = walk.source
+            for pos in range(before, len(walk.layers)):  # a handler may write several layers in a row
+                layer = walk.layers[pos]
+                layer.inputs = layer.inputs or (previous,)
+                layer.output = out if pos == len(walk.layers) - 1 else f"{out}#{pos - before}"
+                walk.producer[layer.output] = pos
+                previous = layer.output
+            walk.values[out] = (out, tuple(layer.out_shape))
+            walk.open_linear[out] = layer.kind in LINEAR_KINDS
+        elif node.op_type in ("Add", "Mul", "BatchNormalization"):  # folded into the linear layer it follows
+            pos = walk.producer.pop(walk.source)
+            walk.layers[pos].output = out
+            walk.producer[out] = pos
+            walk.values[out] = (out, tuple(walk.layers[pos].out_shape))
+            walk.open_linear[out] = True
+        else:  # Identity, Dropout, Cast: the same value under another name
+            walk.values[out] = walk.values[acts[0]]
+    if logits is None:
+        found = [o.name for o in graph.output if o.name in walk.values]
+        if len(found) != 1:
+            raise UnsupportedModelError(f"model has {len(found)} outputs computed from its input; onnxcrit needs "
+                                        "one, the logits")
+        if not _at_tail(walk, found[0]):
+            raise UnsupportedModelError(f"output '{found[0]}' (per-sample shape {list(walk.values[found[0]][1])}) "
+                                        "is not a vector of logits computed by a Gemm, MatMul or Conv layer")
+        logits = found[0]
+    _check_dead_ends(walk, graph, logits)
     linear = [layer for layer in walk.layers if layer.kind in LINEAR_KINDS]
     if len(linear) < 2:
         raise UnsupportedModelError("model has fewer than two Gemm/MatMul/Conv layers: nothing to prune")
     if not any(layer.kind == "relu" for layer in walk.layers):
         raise UnsupportedModelError("model has no Relu: onnxcrit optimises ReLU networks")
     return Network(layers=walk.layers, input_name=vi.name, input_shape=tuple(shape),
-                   input_dtype=np.dtype(_ELEM_TO_NUMPY[ttype.elem_type]), logits_name=walk.tensor,
+                   input_dtype=np.dtype(_ELEM_TO_NUMPY[ttype.elem_type]), logits_name=logits,
                    output_names=tuple(o.name for o in graph.output), tail_ops=tuple(tail_ops), fixed_batch=batch)
 
 
@@ -721,9 +830,12 @@ def _evaluate_shape(walk: _Walk, node_ids: list[int], output: str, batch: int) -
     return np.asarray(value).reshape(-1)
 
 
+MERGE_OPS = ("Add", "Sum", "Concat")
+
+
 def _why_unsupported(op: str) -> str:
-    if op in ("Concat", "Split", "Sum"):
-        return "onnxcrit needs a feed-forward chain of Gemm/MatMul/Conv, bias, BatchNorm, Relu and pooling"
+    if op in ("Split", "Slice", "Mul", "Sub", "Max", "Min", "Div", "Mean"):
+        return "onnxcrit reads Gemm/MatMul/Conv, bias, BatchNorm, Relu, pooling, residual Add and channel Concat"
     if op in ("Sigmoid", "Tanh", "LeakyRelu", "PRelu", "Elu", "Selu", "Gelu", "HardSigmoid", "Clip", "Softplus"):
         return "only Relu activations are supported inside the network"
     return "not a dense, convolution, ReLU, pooling or reshape op"
@@ -744,15 +856,24 @@ def _collect_tail(walk: _Walk, nodes) -> list[str]:
     return order
 
 
-def _check_dead_ends(walk: _Walk, graph: onnx.GraphProto, outputs: set[str]) -> None:
-    """A node off the chain that is not a constant (or part of a constant computation) means a branch."""
+def _check_dead_ends(walk: _Walk, graph: onnx.GraphProto, logits: str) -> None:
+    """Every layer must lead to the logits, and the logits' layer must be the last one: a node off that path that
+    is not a constant computation is a branch onnxcrit cannot account for."""
     for i, node in enumerate(graph.node):
         if i in walk.visited or node.op_type == "Constant":
             continue
         if all(not name or name in walk.consts for name in node.input):
             continue  # computes on constants only (e.g. shape arithmetic); harmless
-        raise UnsupportedModelError(f"{node_label(node, i)} is off the main chain: branching graphs are not "
-                                    "supported")
+        raise UnsupportedModelError(f"{node_label(node, i)} is off the path to the logits '{logits}'")
+    last = walk.producer.get(walk.values[logits][0])
+    needed = {last}
+    for pos in range(len(walk.layers) - 1, -1, -1):
+        if pos in needed:
+            needed.update(walk.producer[name] for name in walk.layers[pos].inputs if name in walk.producer)
+    dead = [layer for pos, layer in enumerate(walk.layers) if pos not in needed]
+    if dead or last != len(walk.layers) - 1:
+        name = dead[0].name if dead else walk.layers[-1].name
+        raise UnsupportedModelError(f"layer '{name}' does not lead to the logits '{logits}'")
 
 
 def load_network(source: str | os.PathLike | onnx.ModelProto) -> tuple[Network, onnx.ModelProto]:

@@ -35,7 +35,8 @@ import onnx
 
 from .errors import UnsupportedModelError
 from .frontend import to_network
-from .ir import LINEAR_KINDS, Network, _gather_patches
+from .ir import LINEAR_KINDS, Network
+from .ir.kinds import _gather_patches
 from .rewrite import _check_ownership, _checked_keep, _checked_scales, _columns_of_next, _Edit, _TensorTable, \
     remove_units
 

@@ -60,7 +60,7 @@ def inspect_table(model: onnx.ModelProto, net: Network, path: str, console: Cons
     for col, just in (("#", "right"), ("name", "left"), ("kind", "left"), ("units in -> out", "right"),
                       ("shape out", "left"), ("params", "right"), ("MACs/sample", "right")):
         table.add_column(col, justify=just)
-    scored = set(net.scored_indices())
+    scored = pruned_layers(net)
     for i, row in enumerate(layer_rows(net)):
         units = f"{row['units_in']} -> {row['units_out']}" if "units_out" in row else ""
         kind = row["kind"] + (" *" if i in scored else "")
@@ -71,6 +71,25 @@ def inspect_table(model: onnx.ModelProto, net: Network, path: str, console: Cons
     tail = " -> ".join(net.tail_ops) if net.tail_ops else "none"
     console.print(escape(f"  logits: '{net.logits_name}' ({net.num_classes} classes); tail kept as is: {tail}"))
     console.print("  * = prunable (scored) layer")
+    for g in group_rows(net):
+        if len(g["producers"]) + len(g["coupled"]) > 1:
+            with_ = ", ".join(f"'{n}'" for n in g["producers"][1:] + g["coupled"])
+            console.print(escape(f"  coupled: the {g['units']} units of '{g['key']}' go with {with_}"))
+        if g["frozen"]:
+            console.print(escape(f"  kept whole: the {g['units']} units of '{g['key']}' ({g['frozen']})"))
+
+
+def pruned_layers(net: Network) -> set[int]:
+    """Positions of the layers that lose units when their groups are pruned (producers and coupled convs)."""
+    return {p for g in net.deps.prunable() for p in [*g.producers, *g.coupled]}
+
+
+def group_rows(net: Network) -> list[dict[str, Any]]:
+    """Every channel group: its key layer, unit count, producers and coupled convs (layer names), and why it is
+    kept whole (None when prunable)."""
+    name = lambda p: net.layers[p].name  # noqa: E731
+    return [{"key": name(g.key), "units": g.units, "producers": [name(p) for p in sorted(g.producers)],
+             "coupled": [name(p) for p in sorted(g.coupled)], "frozen": g.frozen} for g in net.groups]
 
 
 def model_summary(model: onnx.ModelProto, net: Network) -> dict[str, Any]:

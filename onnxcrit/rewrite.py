@@ -54,27 +54,46 @@ def remove_units(model: onnx.ModelProto, net: Network, scales: dict[int, np.ndar
         if np.any(delta != 0):
             _add_to_bias(graph, table, net, n, delta, edits, extra_refs)
 
-    reshape_targets: list[tuple[str, list[int]]] = []
-    for k, factor in sorted(scales.items()):
-        keep = keeps[k]
-        if keep.all() and np.all(factor == 1):
+    changed = {k: keeps[k] for k in scales if not (keeps[k].all() and np.all(scales[k] == 1))}
+    groups = {g.key: g for g in net.deps.prunable()}
+    kept_any = {k: keep for k, keep in changed.items() if not keep.all()}
+    # the groups' producers and coupled convs lose the removed units (a coupled conv may carry several groups,
+    # e.g. a depthwise conv after a Concat: one mask over all its channels)
+    cut = sorted({p for k in kept_any for p in [*groups[k].producers, *groups[k].coupled]})
+    for p in cut:
+        layer = net.layers[p]
+        mask = net.output_keep(p, kept_any)
+        for ref in (*layer.out_refs, *extra_refs.get(p, [])):
+            _edit(edits, ref.tensor, p).keep_along(ref.axis, mask)
+        if any(p in groups[k].coupled for k in kept_any):
+            _set_group(graph, layer, int(mask.sum()))
+    for i in net.linear_indices():  # every layer reading them loses their columns; a kept unit's factor folds in
+        keys, units = net.input_columns(i)
+        touched = sorted(set(keys.tolist()) & set(changed))
+        if not touched:
             continue
-        n, cols, reshapes = _columns_of_next(net, k)
-        for pos, owner in reshapes:
-            reshape_targets.append((net.layers[pos].shape_node, _resized_target(graph, table, net, pos, owner,
-                                                                                keep)))
-        layer = net.layers[k]
-        if not keep.all():
-            for ref in (*layer.out_refs, *extra_refs.get(k, [])):
-                _edit(edits, ref.tensor, k).keep_along(ref.axis, keep)
-        if not net.layers[n].in_refs:
-            raise UnsupportedModelError(f"layer '{net.layers[n].name}' does not say where its input weights are")
-        for ref in net.layers[n].in_refs:
-            edit = _edit(edits, ref.tensor, n)
-            if np.any(factor[keep] != 1):
-                edit.scale_along(ref.axis, np.where(keep, factor, 1.0)[cols])
-            if not keep.all():
-                edit.keep_along(ref.axis, keep[cols])
+        layer = net.layers[i]
+        col_keep = np.ones(keys.size, dtype=bool)
+        col_factor = np.ones(keys.size)
+        for k in touched:
+            cols = keys == k
+            col_keep[cols] = changed[k][units[cols]]
+            if groups[k].homogeneous:
+                col_factor[cols] = np.where(changed[k], scales[k], 1.0)[units[cols]]
+        if not layer.in_refs:
+            raise UnsupportedModelError(f"layer '{layer.name}' does not say where its input weights are")
+        for ref in layer.in_refs:
+            edit = _edit(edits, ref.tensor, i)
+            if np.any(col_factor != 1):
+                edit.scale_along(ref.axis, col_factor)
+            if not col_keep.all():
+                edit.keep_along(ref.axis, col_keep)
+    reshape_targets: list[tuple[str, list[int]]] = []
+    for pos, layer in enumerate(net.layers):
+        if layer.kind == "reshape" and layer.shape_node is not None:
+            kept_in = net.channel_keep(net.inputs_of(pos)[0], kept_any)
+            if not kept_in.all():
+                reshape_targets.append((layer.shape_node, _resized_target(graph, table, net, pos, kept_in)))
 
     _check_ownership(graph, net, edits, extra_refs)
     for name, edit in edits.items():
@@ -91,26 +110,35 @@ def remove_units(model: onnx.ModelProto, net: Network, scales: dict[int, np.ndar
 
 
 def dead_units(net: Network, bounds: Bounds) -> dict[int, np.ndarray]:
-    """Per scored layer, the units that are never active: upper bound <= 0 on every sample and position.
+    """Per prunable group, the units that are never active: every tensor a linear layer reads the unit from is
+    exactly 0 on every sample and position (e.g. after a ReLU whose input's upper bound is <= 0).
 
-    Only layers whose output passes a Relu before the next linear layer can have dead units (without a ReLU a
-    negative value still reaches the next layer). Removing them changes no output on the inputs the bounds
-    cover. If every unit of a layer is dead, the one with the largest upper bound is kept (a layer keeps at
-    least one unit; it outputs 0 either way).
+    Removing them changes no output on the inputs the bounds cover. If every unit of a group is dead, the one
+    whose producers reach the largest upper bound is kept (a group keeps at least one unit; it outputs 0 either
+    way).
     """
     dead = {}
-    for k in net.scored_indices():
-        layer = net.layers[k]
-        n = _next_linear_index(net, k)
-        upper = np.asarray(bounds.upper[k]).reshape(len(bounds.upper[k]), layer.units, -1)
-        if not len(upper) or not any(net.layers[i].kind == "relu" for i in range(k + 1, n)):
-            dead[k] = np.zeros(layer.units, dtype=bool)  # no samples, or no ReLU: nothing is known to be dead
-            continue
-        peak = upper.max(axis=(0, 2))
-        mask = peak <= 0
+    read = {net.inputs_of(i)[0] for i in net.linear_indices()}
+    for g in net.deps.prunable():
+        mask = np.ones(g.units, dtype=bool)
+        for p, chans in g.values.items():
+            if p not in read or p < 0:
+                continue
+            lo = np.asarray(bounds.lower[p]).reshape(len(bounds.lower[p]), -1, *net.layers[p].out_shape[1:])
+            hi = np.asarray(bounds.upper[p]).reshape(lo.shape)
+            if not len(lo):
+                mask[:] = False  # no samples: nothing is known to be dead
+                break
+            zero = np.all((lo == 0) & (hi == 0), axis=tuple(a for a in range(lo.ndim) if a != 1))
+            for u, ch in enumerate(chans):
+                mask[u] &= bool(np.all(zero[ch]))
         if mask.all():
+            peak = np.full(g.units, -np.inf)
+            for p, chans in g.producers.items():
+                up = np.asarray(bounds.upper[p]).reshape(len(bounds.upper[p]), net.layers[p].units, -1)
+                peak = np.maximum(peak, up.max(axis=(0, 2))[chans] if len(up) else 0.0)
             mask[int(np.argmax(peak))] = False
-        dead[k] = mask
+        dead[g.key] = mask
     return dead
 
 
@@ -160,49 +188,20 @@ def with_bias_shift(net: Network, shifts: dict[int, np.ndarray] | None) -> Netwo
 # ---------------------------------------------------------------------------------------------------------
 # which columns of the next layer a unit feeds (from the IR shapes only)
 
-def _next_linear_index(net: Network, k: int) -> int:
-    for i in range(k + 1, len(net.layers)):
-        if net.layers[i].kind in ("dense", "conv"):
-            return i
-    raise ValueError(f"layer {k} ('{net.layers[k].name}') is the output layer; it has no next linear layer")
-
-
-def _per_channel(owner: np.ndarray, layer_name: str, what: str) -> np.ndarray:
-    """The unit owning each channel of a [C, H, W] owner map; refuse when a channel mixes units."""
-    flat = owner.reshape(owner.shape[0], -1)
-    if np.any(flat != flat[:, :1]):
-        raise UnsupportedModelError(f"{what} '{layer_name}' mixes several upstream units in one channel; "
-                                    "they cannot be removed one by one")
-    return flat[:, 0]
-
-
-def _columns_of_next(net: Network, k: int) -> tuple[int, np.ndarray, list[tuple[int, np.ndarray]]]:
-    """(n, unit of layer k owning each input column of n, [(reshape position, owner map of its output)]).
-
-    Columns are n's input units along its in_refs axis: flat features for a dense n, channels for a conv n.
-    Only reshapes whose target spells out sizes (shape_node) are listed.
-    """
-    layer = net.layers[k]
-    n = _next_linear_index(net, k)
-    shape = layer.out_shape
-    owner = np.broadcast_to(np.arange(layer.units).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
-    reshapes = []
-    for i in range(k + 1, n):
-        mid = net.layers[i]
-        if mid.kind in ("maxpool", "avgpool"):
-            channel = _per_channel(owner, mid.name, "pooling layer")
-            owner = np.broadcast_to(channel.reshape(-1, 1, 1), mid.out_shape)
-        elif mid.kind == "reshape":
-            owner = owner.reshape(mid.out_shape)
-            if mid.shape_node is not None:
-                reshapes.append((i, owner))
-        elif mid.kind != "relu":
-            raise UnsupportedModelError(f"layer '{mid.name}' ({mid.kind}) between two linear layers is not "
-                                        "supported by the rewrite")
-    nxt = net.layers[n]
-    owner = owner.reshape(nxt.in_shape)
-    cols = owner.reshape(-1) if nxt.kind == "dense" else _per_channel(owner, nxt.name, "convolution input of")
-    return n, np.ascontiguousarray(cols), reshapes
+def _columns_of_next(net: Network, k: int) -> tuple[int, np.ndarray, list]:
+    """(n, unit of group k owning each input column of n, []) for a group read by one linear layer n only (a
+    chain); the compensation and reconstruction passes that fit "the next layer" use it."""
+    readers = [i for i in net.linear_indices() if np.any(net.input_columns(i)[0] == k)]
+    if len(readers) != 1:
+        names = ", ".join(f"'{net.layers[i].name}'" for i in readers)
+        raise UnsupportedModelError(f"the units of '{net.layers[k].name}' are read by {len(readers)} layers "
+                                    f"({names}); refitting the next layer needs exactly one (a chain)")
+    n = readers[0]
+    keys, units = net.input_columns(n)
+    if np.any(keys != k):
+        raise UnsupportedModelError(f"layer '{net.layers[n].name}' reads units of several groups; refitting the "
+                                    "next layer needs a chain")
+    return n, np.ascontiguousarray(units), []
 
 
 def _checked_keep(scales: dict[int, np.ndarray], keep: dict[int, np.ndarray] | None) -> dict[int, np.ndarray]:
@@ -413,6 +412,16 @@ def _add_to_bias(graph: onnx.GraphProto, table: _TensorTable, net: Network, n: i
     extra_refs.setdefault(n, []).append(ParamRef(name, 0))
 
 
+def _set_group(graph: onnx.GraphProto, layer, channels: int) -> None:
+    """A depthwise conv keeps one group per channel: its `group` attribute follows the kept channel count."""
+    node = next(nd for nd in graph.node if nd.op_type == "Conv" and nd.name in layer.nodes)
+    for attr in node.attribute:
+        if attr.name == "group":
+            attr.i = channels
+            return
+    node.attribute.append(helper.make_attribute("group", channels))
+
+
 def _unique_tensor_name(graph: onnx.GraphProto, base: str) -> str:
     names = {t.name for t in graph.initializer} | {o for node in graph.node for o in node.output}
     names |= {vi.name for vi in graph.input} | {vi.name for vi in graph.output}
@@ -450,14 +459,14 @@ def _reshape_node(graph: onnx.GraphProto, output: str) -> onnx.NodeProto:
     return next(node for node in graph.node if node.op_type == "Reshape" and node.output[0] == output)
 
 
-def _resized_target(graph: onnx.GraphProto, table: _TensorTable, net: Network, pos: int, owner: np.ndarray,
-                    keep: np.ndarray) -> list[int]:
-    """The new constant target of the Reshape at `pos` once the units with keep == False are gone."""
+def _resized_target(graph: onnx.GraphProto, table: _TensorTable, net: Network, pos: int,
+                    channels: np.ndarray) -> list[int]:
+    """The new constant target of the Reshape at `pos` once its input's channels with `channels` False are gone."""
     layer = net.layers[pos]
     node = _reshape_node(graph, layer.shape_node)
     target, _ = _read_target(table, node, layer.computed_target)
-    kept_out = keep[owner]
-    kept_in = keep[owner.reshape(-1)].reshape(layer.in_shape)
+    kept_in = np.broadcast_to(channels.reshape((-1,) + (1,) * (len(layer.in_shape) - 1)), layer.in_shape)
+    kept_out = kept_in.reshape(layer.out_shape)
     out_fit, in_fit = _resized(layer.out_shape, kept_out), _resized(layer.in_shape, kept_in)
     if out_fit is None or in_fit is None:
         raise UnsupportedModelError(f"Reshape node '{node.name}': the removed units do not form whole slices of "
@@ -589,7 +598,7 @@ def _check_units(before: Network, after: Network, keep: dict[int, np.ndarray]) -
     if [layer.kind for layer in after.layers] != kinds:
         raise RuntimeError("the rewritten graph no longer has the original layer sequence")
     for i in before.linear_indices():
-        want = int(np.count_nonzero(keep[i])) if i in keep else before.layers[i].units
+        want = int(before.output_keep(i, keep).sum())
         if after.layers[i].units != want:
             raise RuntimeError(f"layer '{before.layers[i].name}' has {after.layers[i].units} units after the "
                                f"rewrite, expected {want}")

@@ -27,28 +27,32 @@ class Selection:
 
 
 def input_mask(net: Network, position: int, keep: dict[int, np.ndarray]) -> np.ndarray:
-    """Which inputs (features or channels) of linear layer `position` survive, given the kept units upstream."""
-    layer = net.layers[position]
-    width = layer.in_shape[0] if layer.kind == "conv" else int(np.prod(layer.in_shape))
-    previous = [i for i in net.linear_indices() if i < position]
-    if not previous or previous[-1] not in keep:
-        return np.ones(width, dtype=bool)
-    units = keep[previous[-1]]
-    if layer.kind == "conv":
-        return units.copy()
-    # a dense layer after a conv: channel c owns a contiguous block of the flattened NCHW features
-    return np.repeat(units, width // len(units))
+    """Which input columns (features of a dense layer, channels of a conv) of linear layer `position` survive,
+    given the kept units of the groups in `keep` (the channel-dependency map says who owns each column)."""
+    return net.input_keep(position, keep)
+
+
+def _kept_shape(net: Network, i: int, keep: dict[int, np.ndarray]) -> tuple[int, int]:
+    """(kept output units, kept input columns) of linear layer i."""
+    return int(net.output_keep(i, keep).sum()), int(net.input_keep(i, keep).sum())
+
+
+def _per_column(layer) -> int:
+    return int(np.prod(layer.weight.shape[2:])) if layer.kind == "conv" else 1
 
 
 def params_after(net: Network, keep: dict[int, np.ndarray]) -> int:
-    """Weights and biases of the linear layers left when only the `keep` units of the scored layers stay."""
+    """Weights and biases of the linear layers left when only the `keep` units of the groups stay."""
     total = 0
     for i in net.linear_indices():
         layer = net.layers[i]
-        outs = int(keep[i].sum()) if i in keep else layer.units
-        ins = int(input_mask(net, i, keep).sum())
-        per_in = int(np.prod(layer.weight.shape[2:])) if layer.kind == "conv" else 1
-        total += outs * ins * per_in + outs
+        outs, ins = _kept_shape(net, i, keep)
+        if getattr(layer, "group", 1) == 1:
+            total += outs * ins * _per_column(layer) + outs
+        elif layer.depthwise:
+            total += outs * _per_column(layer) + outs
+        else:  # a grouped conv keeps every channel (its groups are frozen)
+            total += layer.params
     return total
 
 
@@ -93,18 +97,30 @@ def accuracy(net: Network, x: np.ndarray, y: np.ndarray, scales: dict[int, np.nd
 
 
 def magnitude(net: Network) -> dict[int, np.ndarray]:
-    """Per scored layer: L1 norm of each unit's incoming weights times the L1 norm of its outgoing weights."""
+    """Per prunable group: L1 norm of each unit's incoming weights (summed over the group's producers) times the
+    L1 norm of the weights that read it (summed over every layer reading the unit's columns)."""
     out = {}
-    linear = net.linear_indices()
-    for pos, k in enumerate(linear[:-1]):
-        layer, nxt = net.layers[k], net.layers[linear[pos + 1]]
-        incoming = np.abs(layer.weight).reshape(layer.units, -1).sum(axis=1)
-        w = np.abs(nxt.weight)
-        if nxt.kind == "conv":
-            outgoing = w.sum(axis=(0, 2, 3))
-        else:
-            outgoing = w.sum(axis=0).reshape(layer.units, -1).sum(axis=1)  # a channel owns a block of columns
-        out[k] = incoming * outgoing
+    for g in net.deps.prunable():
+        incoming = np.zeros(g.units)
+        for p, chans in g.producers.items():
+            layer = net.layers[p]
+            incoming += np.abs(layer.weight).reshape(layer.units, -1).sum(axis=1)[chans]
+        outgoing = np.zeros(g.units)
+        for i in net.linear_indices():
+            keys, units = net.input_columns(i)
+            cols = keys == g.key
+            if not cols.any():
+                continue
+            layer = net.layers[i]
+            w = np.abs(layer.weight)
+            if layer.kind == "dense":
+                per_col = w.sum(axis=0)
+            elif layer.depthwise:
+                per_col = w.reshape(layer.units, -1).sum(axis=1)
+            else:
+                per_col = w.sum(axis=(0, 2, 3))
+            np.add.at(outgoing, units[cols], per_col[cols])
+        out[g.key] = incoming * outgoing
     return out
 
 
@@ -201,10 +217,14 @@ def macs_after(net: Network, keep: dict[int, np.ndarray]) -> int:
     total = 0
     for i in net.linear_indices():
         layer = net.layers[i]
-        outs = int(keep[i].sum()) if i in keep else layer.units
-        ins = int(input_mask(net, i, keep).sum())
-        per = int(np.prod(layer.weight.shape[2:])) * int(np.prod(layer.out_hw)) if layer.kind == "conv" else 1
-        total += outs * ins * per
+        outs, ins = _kept_shape(net, i, keep)
+        positions = int(np.prod(layer.out_hw)) if layer.kind == "conv" else 1
+        if getattr(layer, "group", 1) == 1:
+            total += outs * ins * _per_column(layer) * positions
+        elif layer.depthwise:
+            total += outs * _per_column(layer) * positions
+        else:
+            total += layer.macs
     return total
 
 

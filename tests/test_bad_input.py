@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from onnxcrit.cli import main
 
 from .onnx_builders import GraphBuilder, mlp
-from .test_frontend import _concat_model, _residual_model, _sigmoid_model, _two_inputs_model
+from .test_frontend import _product_model, _residual_model, _sigmoid_model, _two_inputs_model
 from .test_select import _two_detectors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +167,16 @@ def case_evaluate_bad_data(d):
 
 
 def case_inspect_unsupported(d):
-    return ["inspect", _save(_residual_model(), d / "r.onnx")]
+    return ["inspect", _save(_product_model(), d / "r.onnx")]
+
+
+def case_all_groups_frozen(d):
+    grouped = ROOT / "tests" / "data" / "branching" / "torch_legacy_grouped_conv"
+    return ["optimize", f"{grouped}.onnx", "--data", f"{grouped}_calib.npz", "-o", d / "out.onnx"]
+
+
+def case_decoupled_branching(d):
+    return [*_model_case(_residual_model)(d), "--mode", "decoupled"]
 
 
 def _opset_model(opset):
@@ -187,8 +196,9 @@ CASES = {
     "unsupported op": (_model_case(_sigmoid_model), 2, "Sigmoid node"),
     "two inputs": (_model_case(_two_inputs_model), 2, "2 inputs"),
     "no relu": (_model_case(lambda: mlp(relu=False)), 2, "no Relu"),
-    "residual add": (_model_case(_residual_model), 2, "branching"),
-    "concat": (_model_case(_concat_model), 2, "Concat node 'the_concat'"),
+    "product of activations": (_model_case(_product_model), 2, "Mul node 'gate'"),
+    "decoupled on a residual net": (case_decoupled_branching, 2, "--mode decoupled needs a chain"),
+    "every group kept whole": (case_all_groups_frozen, 2, "nothing to prune: every channel group is kept whole"),
     "external data missing": (case_missing_external_data, 2, "external data file 'x.onnx.data'"),
     "data file missing": (case_data_missing, 2, "no such file"),
     "data not npz": (case_data_not_npz, 2, "not an .npz archive"),
@@ -223,7 +233,7 @@ CASES = {
     "unreachable parameter budget": (case_unreachable_budget, 1, "cannot keep only"),
     "unreachable accuracy budget": (case_unreachable_accuracy_budget, 1, "no selection keeps the accuracy drop"),
     "evaluate with wrong shape": (case_evaluate_bad_data, 2, "expects [N, 64]"),
-    "inspect unsupported model": (case_inspect_unsupported, 2, "branching"),
+    "inspect unsupported model": (case_inspect_unsupported, 2, "several activations"),
 }
 
 

@@ -1,6 +1,8 @@
 """Front end: recognised layers and the IR forward pass against onnxruntime on every supported style."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -167,6 +169,30 @@ def _grouped_conv_model():
     return g.model()
 
 
+def _product_model():
+    g = GraphBuilder((6,))
+    g.dense(6)
+    g.relu()
+    skip = g.tensor
+    g.dense(6)
+    g.nodes.append(helper.make_node("Mul", [g.tensor, skip], ["prod"], name="gate"))
+    g.tensor = "prod"
+    g.dense(3)
+    return g.model()
+
+
+def _spatial_concat_model():
+    g = GraphBuilder((2, 4, 4))
+    g.conv(3)
+    g.relu()
+    a = g.tensor
+    g.nodes.append(helper.make_node("Concat", [a, a], ["cat"], name="rows", axis=2))
+    g.tensor, g.shape = "cat", (3, 4, 2)
+    g.flatten()
+    g.dense(3)
+    return g.model()
+
+
 def _two_inputs_model():
     model = mlp()
     model.graph.input.append(helper.make_tensor_value_info("other", onnx.TensorProto.FLOAT, [1, 3]))
@@ -174,10 +200,9 @@ def _two_inputs_model():
 
 
 @pytest.mark.parametrize("build, pattern", [
-    (_residual_model, r"Add node 'residual_add'|feeds 2 nodes"),
-    (_concat_model, r"feeds 2 nodes|Concat"),
+    (_product_model, r"Mul node 'gate'.*several activations"),
+    (_spatial_concat_model, r"Concat node 'rows'.*axis 2"),
     (_sigmoid_model, r"Sigmoid node 'act_\d+'.*only Relu"),
-    (_grouped_conv_model, r"Conv node 'dw_\d+'.*group=2"),
     (_two_inputs_model, r"2 inputs"),
     (lambda: mlp(relu=False), r"no Relu"),
 ])
@@ -185,6 +210,23 @@ def test_refusals_name_the_problem(build, pattern):
     with pytest.raises(UnsupportedModelError, match=pattern) as info:
         to_network(build())
     assert "\n" not in str(info.value)
+
+
+def test_residual_concat_and_grouped_graphs_are_read():
+    """A residual Add couples the two layers it joins; a Concat of one tensor twice gives each unit two columns of
+    the next layer; a grouped (not depthwise) conv freezes the channels it touches."""
+    net = to_network(_residual_model())
+    assert [layer.kind for layer in net.layers] == ["dense", "relu", "dense", "add", "relu", "dense"]
+    assert net.inputs_of(3) == (2, 1)
+    (stage,) = net.deps.prunable()
+    assert sorted(stage.producers) == [0, 2] and stage.units == 6 and net.scored_indices() == [0]
+    net = to_network(_concat_model())
+    keys, units = net.input_columns(len(net.layers) - 1)
+    assert keys.tolist() == [0] * 12 and units.tolist() == list(range(6)) * 2
+    net = to_network(_grouped_conv_model())
+    assert net.layers[0].group == 2 and net.scored_indices() == []
+    net, _ = load_network(Path(__file__).parent / "data" / "branching" / "torch_legacy_grouped_conv.onnx")
+    assert net.groups[0].frozen == "grouped convolution '/conv2/Conv' (group 2)" and net.scored_indices() == []
 
 
 def test_bad_files(tmp_path):

@@ -15,8 +15,8 @@ tools/make_published_patterns.py's; the training loop is benchmarks/models.py's 
 
 Exporters (torch 2.14.1, this venv): every model with the legacy TorchScript exporter
 (``dynamo=False, opset_version=17``, ``do_constant_folding=True``: eval-mode BatchNorm is folded into the
-Conv before it) with a dynamic batch axis ``batch``; the two ResNets without/with a downsample shortcut also
-with the dynamo exporter (``dynamo=True``, its default opset 20, ``dynamic_shapes`` batch, external data in
+Conv before it) with a dynamic batch axis ``batch``; the two ResNets without/with a downsample shortcut, the
+all-conv SqueezeNet and the MobileNet also with the dynamo exporter (``dynamo=True``, its default opset 20, ``dynamic_shapes`` batch, external data in
 ``NAME.onnx.data``; the ``pkg.torch.onnx.stack_trace`` metadata is dropped because it holds absolute paths).
 The dynamo exporter's graph optimizer folds BatchNorm into the Conv too, and writes global average pooling
 plus flatten as ReduceMean + Reshape.
@@ -80,12 +80,18 @@ MANIFEST = [
      "SqueezeNet fire modules, all-conv head: stem conv 1->16 + ReLU, fire(s4, e8+8), MaxPool 2, "
      "fire(s8, e16+16), conv 1x1 32->10, GAP, flatten (fire = squeeze 1x1 + ReLU -> [expand 1x1 + ReLU, "
      "expand 3x3 + ReLU] -> Concat on channels)", LEGACY),
+    ("torch_dynamo_squeezenet_allconv",
+     "the architecture, seed and training of `torch_legacy_squeezenet_allconv`; its own weights (training "
+     "here did not reproduce the committed legacy file's bytes)", DYNAMO),
     ("torch_legacy_squeezenet_dense",
      "the same fire body (trained separately), dense head: MaxPool 2, flatten, fc 128->10", LEGACY),
     ("torch_legacy_mobilenet_dwsep",
      "MobileNet depthwise-separable: stem conv 1->16 + BN + ReLU, [depthwise 3x3 (groups 16) + BN + ReLU, "
      "pointwise 1x1 16->32 + BN + ReLU], [depthwise 3x3 stride 2 (groups 32) + BN + ReLU, pointwise 32->32 + "
      "BN + ReLU], GAP, fc 32->10", LEGACY),
+    ("torch_dynamo_mobilenet_dwsep",
+     "the architecture, seed and training of `torch_legacy_mobilenet_dwsep`; its own weights (training here "
+     "did not reproduce the committed legacy file's bytes)", DYNAMO),
     ("torch_legacy_inception",
      "Inception block: stem conv 1->16 + ReLU, MaxPool 2, branches [1x1 16->8], [1x1 16->8 -> 3x3 8->16], "
      "[MaxPool 3x3 stride 1 pad 1 -> 1x1 16->8] (each conv + ReLU), Concat on channels (32), GAP, fc 32->10",
@@ -97,6 +103,10 @@ MANIFEST = [
      "MLP with a residual Add: fc 64->32 + ReLU = h, fc 32->32 + ReLU, fc 32->32, + h, ReLU, fc 32->10",
      LEGACY),
 ]
+# the Keras 3 / tf2onnx files: written by tools/make_branching_keras.py in a tensorflow venv, checked and listed here
+from tools.make_branching_keras import MANIFEST as KERAS_MANIFEST  # noqa: E402  (no tensorflow at import)
+
+MANIFEST += [(name, arch, exporter) for name, (arch, exporter, _) in KERAS_MANIFEST.items()]
 NAMES = [n for n, _, _ in MANIFEST]
 EXTERNAL = {n for n in NAMES if n.startswith("torch_dynamo")}
 
@@ -242,10 +252,11 @@ def architectures() -> dict:
         "resnet8": (lambda: ResNet(8, [(8, 1), (16, 2), (32, 2)]), IMG, SEED + 3, 3e-3, 30,
                     ["torch_legacy_resnet8"]),
         "squeezenet_allconv": (lambda: SqueezeNet(dense_head=False), IMG, SEED + 4, 3e-3, 45,
-                               ["torch_legacy_squeezenet_allconv"]),
+                               ["torch_legacy_squeezenet_allconv", "torch_dynamo_squeezenet_allconv"]),
         "squeezenet_dense": (lambda: SqueezeNet(dense_head=True), IMG, SEED + 5, 3e-3, 30,
                              ["torch_legacy_squeezenet_dense"]),
-        "mobilenet_dwsep": (MobileNet, IMG, SEED + 6, 3e-3, 30, ["torch_legacy_mobilenet_dwsep"]),
+        "mobilenet_dwsep": (MobileNet, IMG, SEED + 6, 3e-3, 30, ["torch_legacy_mobilenet_dwsep",
+                                                                  "torch_dynamo_mobilenet_dwsep"]),
         "inception": (Inception, IMG, SEED + 7, 3e-3, 45, ["torch_legacy_inception"]),
         "grouped_conv": (GroupedConv, IMG, SEED + 8, 3e-3, 30, ["torch_legacy_grouped_conv"]),
         "mlp_residual": (ResidualMLP, VEC, SEED + 9, 1e-3, 30, ["torch_legacy_mlp_residual"]),
@@ -433,10 +444,14 @@ def run_onnxcrit(out: str, name: str, timeout: int = 900) -> tuple[int, str]:
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
             shutil.copy(os.path.join(out, f), tmp)
-        cmd = [os.path.join(ROOT, ".venv", "bin", "onnxcrit"), "optimize", name + ".onnx", "--data",
-               name + "_calib.npz", "--eval-data", name + "_eval.npz", "--no-latency"]
+        exe = os.path.join(ROOT, ".venv", "bin", "onnxcrit")
+        # a worktree without its own .venv: this interpreter, with this checkout's package first on the path
+        cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "onnxcrit.cli"]
+        cmd += ["optimize", name + ".onnx", "--data", name + "_calib.npz", "--eval-data", name + "_eval.npz",
+                "--no-latency"]
+        env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         try:
-            r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             return -1, f"(killed after {timeout} s)"
     lines = [ln.rstrip() for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
@@ -446,7 +461,7 @@ def run_onnxcrit(out: str, name: str, timeout: int = 900) -> tuple[int, str]:
 README_HEAD = """\
 # tests/data/branching: branching networks (residual Add, Concat, grouped and depthwise convs)
 
-Written by `python -m tools.make_branching_models` (torch 2.14.1, onnx {onnx}, onnxruntime {ort},
+Written by `python -m tools.make_branching_models` and `tools.make_branching_keras` (torch 2.14.1, onnx {onnx}, onnxruntime {ort},
 onnxscript {onnxscript}); this file by `python -m tools.make_branching_models --readme`, which checks every
 file again and runs onnxcrit on it.  The build is byte-deterministic: running it twice gives the same files
 (`sha256sum tests/data/branching/*`).
@@ -465,6 +480,19 @@ accuracy below is onnxruntime's on `NAME_eval.npz` (>= 90 %).  Both exporters fo
 into the Conv before it (legacy: `do_constant_folding=True`, the default; dynamo: its graph optimizer), so
 no file has a BatchNormalization node: each "conv + BN" is one Conv with a bias.  The dynamo files write
 global average pooling + flatten as ReduceMean + Reshape, the legacy ones as GlobalAveragePool + Flatten.
+
+The `keras3_*` files are written by `python -m tools.make_branching_keras`, run in a separate venv with
+tensorflow-cpu 2.21.0, keras 3.15.1 and tf2onnx 1.17.0 (Keras 3 model in a `tf.function` -> tf2onnx
+`from_function`, opset 17; Adam 3e-3, batch 32, 30 epochs): input `input` is NHWC `[N, 8, 8, 1]` (its
+batch axis `unk__N`), the NHWC -> NCHW change is one `Reshape` (one channel: a Transpose would move no data),
+the output keeps tf2onnx's name `Identity:0`, and the opset imports list an unused `ai.onnx.ml`.  tf2onnx
+folds BatchNorm into the Conv before it, except after a DepthwiseConv2D, where it stays as `Mul` + `Add` of
+`[1, C, 1, 1]` constants; Dense is `MatMul` + `Add`, global average pooling `GlobalAveragePool` + `Squeeze`
+(axes [2, 3]); a stride-2 'same' conv gets asymmetric pads [0, 0, 1, 1]; graph order differs from the
+Keras layer order (a shortcut conv after the block's convs, expand 3x3 before expand 1x1).  The legacy
+SqueezeNet (all-conv) and MobileNet files were built on another machine: rebuilding them here does not give
+their bytes (the SqueezeNet trains to 94.22 % instead of 94.67 %), so their dynamo twins, built here later,
+have their own weights.
 
 *merges / splits* lists the nodes that join two computed tensors (with the op types that produce their
 inputs), the tensors read by several nodes (`split PRODUCER -> [CONSUMERS]`) and the Conv nodes with
@@ -516,6 +544,7 @@ def trained_params() -> dict:
     for factory, _, _, _, _, names in architectures().values():
         n = sum(q.numel() for q in factory().parameters() if q.requires_grad)
         counts.update({name: n for name in names})
+    counts.update({name: params for name, (_, _, params) in KERAS_MANIFEST.items()})
     return counts
 
 

@@ -275,32 +275,44 @@ class Context:
     relax: bool = False
     stable_on: str = "linear"  # stable-on units: "linear" (h = a - (1 - s) U) or "nonneg" (also h >= 0)
     score_cols: dict = field(default_factory=dict)  # layer index -> score column of each unit
-    unit_stats: dict = field(default_factory=dict)  # layer index -> counts of off / on / unstable units
+    unit_stats: dict = field(default_factory=dict)  # group key -> counts of off / on / unstable units
+    score_points: set = field(default_factory=set)  # layers whose outputs carry their groups' scores
     binaries: dict = field(default_factory=dict)  # origin -> number of binary columns
     activations: list = field(default_factory=list)  # forward values of every layer (s = 1)
     inputs: np.ndarray | None = None
 
+    def _source(self, i: int) -> int:
+        return self.net.inputs_of(i)[0]
+
     def input_bounds(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Flat lower and upper bounds (all images) of layer i's input, from the unpruned network."""
-        if i == 0:
+        """Flat lower and upper bounds (all images) of layer i's (first) input, from the unpruned network."""
+        p = self._source(i)
+        if p < 0:
             lo, hi = self.bounds.input_lower, self.bounds.input_upper
         else:
-            lo, hi = self.bounds.lower[i - 1], self.bounds.upper[i - 1]
+            lo, hi = self.bounds.lower[p], self.bounds.upper[p]
         return lo.reshape(-1), hi.reshape(-1)
 
     def input_values(self, i: int) -> np.ndarray:
-        """Flat forward values (all images) of layer i's input in the unpruned network."""
-        return (self.inputs if i == 0 else self.activations[i - 1]).reshape(-1)
+        """Flat forward values (all images) of layer i's (first) input in the unpruned network."""
+        p = self._source(i)
+        return (self.inputs if p < 0 else self.activations[p]).reshape(-1)
 
     def output_bounds(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return self.bounds.lower[i].reshape(-1), self.bounds.upper[i].reshape(-1)
 
-    def score_per_row(self, i: int, n: int) -> np.ndarray | None:
-        """Score column for every output row of layer i (all images), or None if layer i is not scored."""
-        cols = self.score_cols.get(i)
-        if cols is None:
+    def score_per_row(self, p: int, n: int) -> np.ndarray | None:
+        """Score column for every row of layer p's output (all images), -1 on rows of channels that no scored
+        group owns; None when no channel of p is scored."""
+        if p < 0 or not self.score_cols:
             return None
-        shape = self.net.layers[i].out_shape
+        keys, units = self.net.deps.owners[p]
+        owned = np.flatnonzero([k in self.score_cols for k in keys])
+        if owned.size == 0:
+            return None
+        cols = np.full(keys.size, -1, dtype=np.int64)
+        cols[owned] = [self.score_cols[int(keys[c])][int(units[c])] for c in owned]
+        shape = self.net.layers[p].out_shape
         per_sample = np.repeat(cols, int(np.prod(shape[1:], dtype=int)))
         return np.tile(per_sample, n)
 

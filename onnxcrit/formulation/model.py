@@ -7,15 +7,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..bounds import Bounds, interval_bounds
+from ..ir import INPUT
 from .base import Context, Expr, ProblemBuilder, widen
 from .conv import build_conv
 from .dense import build_dense
 from .loss import LOSSES, add_loss, add_sparsity
 from .milp import Milp
+from .merge import build_add, build_concat
 from .pool import build_avgpool, build_input_stage, build_maxpool, build_reshape
 from .relu import build_relu, score_without_relu
 
-# layer kind -> builder(ctx, position, layer, input Expr) -> output Expr
+# layer kind -> builder(ctx, position, layer, *input Exprs) -> output Expr
 BUILDERS = {
     "dense": build_dense,
     "conv": build_conv,
@@ -25,6 +27,8 @@ BUILDERS = {
     "reshape": build_reshape,
     "affine": build_input_stage,
     "transpose": build_input_stage,
+    "add": build_add,
+    "concat": build_concat,
 }
 
 SPARSITY = ("mean", "paper")
@@ -69,6 +73,25 @@ class Formulation:
         return replace(self.milp, col_lower=lo, col_upper=hi)
 
 
+def score_points(net) -> set[int]:
+    """Layers whose outputs carry their group's score in the MIP: the producers and coupled convs of every prunable
+    group and the residual Adds of its channels. A ReLU reading one applies the score (METHOD.md section 3);
+    without one, the layer's output gets h = a - (1 - s) U."""
+    points = set()
+    for g in net.deps.prunable():
+        points.update(g.producers)
+        points.update(g.coupled)
+        points.update(p for p in g.values if p >= 0 and net.layers[p].kind == "add")
+    return points
+
+
+def _score_applied_later(net, i: int) -> bool:
+    """A ReLU reads layer i (it applies the score), or only residual Adds do (the score applies after them)."""
+    readers = net.consumers_of(i)
+    return bool(readers) and (any(net.layers[j].kind == "relu" for j in readers) or
+                              all(net.layers[j].kind == "add" for j in readers))
+
+
 def build_problem(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam: float = 5.0,
                   loss: str = "hinge", margin: float = 1.0, sparsity: str = "mean", relax: bool = False,
                   stable_on: str = "linear", bounds: Bounds | None = None,
@@ -91,22 +114,33 @@ def build_problem(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam: 
     pb = ProblemBuilder()
     ctx = Context(net=net, bounds=bounds, pb=pb, relax=relax, stable_on=stable_on,
                   activations=net.activations(x), inputs=x)
-    scored = set(net.scored_indices())
     layers = net.layers
+    groups = net.deps.prunable()
+    ctx.score_points = score_points(net)
+    last_use = {}
+    for i in range(len(layers)):
+        for p in net.inputs_of(i):
+            last_use[p] = i
 
     deviation: dict[int, float] = {}
-    X = Expr.constant(x, 0)  # inputs are constants: with a tiny eps the box is a point
+    values = {INPUT: Expr.constant(x, 0)}  # inputs are constants: with a tiny eps the box is a point
     for i, layer in enumerate(layers):
-        if i in scored:
-            ctx.score_cols[i] = pb.add_cols(layer.units, 0.0, 1.0, kind="score", ref=1.0)
-        X = BUILDERS[layer.kind](ctx, i, layer, X)
-        if i in scored and not (i + 1 < len(layers) and layers[i + 1].kind == "relu"):
+        for g in groups:  # a group's scores are created with its first producer
+            if g.key == i:
+                ctx.score_cols[i] = pb.add_cols(g.units, 0.0, 1.0, kind="score", ref=1.0)
+        X = BUILDERS[layer.kind](ctx, i, layer, *(values[p] for p in net.inputs_of(i)))
+        if i in ctx.score_points and not _score_applied_later(net, i):
             X = score_without_relu(ctx, i, X)
+        values[i] = X
+        for p in net.inputs_of(i):
+            if last_use.get(p) == i:
+                values.pop(p, None)
         # at every score 1 the expressions must reproduce the forward pass (cheap: one product)
         gap = pb.ref_value(X, np.arange(X.rows)) - ctx.activations[i].reshape(-1)
         deviation[i] = float(np.abs(gap).max(initial=0.0))
         if deadline is not None and time.monotonic() > deadline:
             raise BuildTimeout(i, len(layers), time.perf_counter() - start)
+    X = values[len(layers) - 1]
 
     logits0 = ctx.activations[-1]
     add_loss(ctx, X, y, logits0, kind=loss, margin=margin, weight=lam)

@@ -25,11 +25,21 @@ from .base import INF, Context, Expr, widen
 
 
 def build_relu(ctx: Context, i: int, layer, X: Expr) -> Expr:
+    """The ReLU, with the score of the group its input's channels belong to when that input is where the
+    group's score applies (a producer's output, a coupled conv's or a residual Add's)."""
     lo, hi = ctx.input_bounds(i)
-    scores = ctx.score_per_row(i - 1, X.n) if i > 0 else None
+    source = ctx.net.inputs_of(i)[0]
+    scores = ctx.score_per_row(source, X.n) if source in ctx.score_points else None
     out = relu_rows(ctx, X, lo, hi, scores)
     if scores is not None:
-        ctx.unit_stats[i - 1] = relu_stats(lo, hi)
+        keys = ctx.net.deps.owners[source][0]
+        for key in set(keys[keys >= 0].tolist()):
+            rows = np.repeat(keys == key, int(np.prod(ctx.net.layers[source].out_shape[1:], dtype=int)))
+            rows = np.tile(rows, X.n)
+            stats = relu_stats(lo[rows], hi[rows])
+            total = ctx.unit_stats.setdefault(key, dict.fromkeys(stats, 0))
+            for name, value in stats.items():
+                total[name] += value
     return out.with_shape(layer.out_shape)
 
 
@@ -54,8 +64,9 @@ def relu_rows(ctx: Context, X: Expr, lo: np.ndarray, hi: np.ndarray, scores: np.
     A_out = sp.diags(on.astype(float)) @ A
     c_out = np.where(on, X.c, 0.0)
     extra_r, extra_c, extra_v = [], [], []
+    scored = np.zeros(X.rows, bool) if scores is None else scores >= 0
     if scores is not None:
-        r = rows[on]
+        r = rows[on & scored]
         c_out[r] -= up[r]
         extra_r.append(r), extra_c.append(scores[r]), extra_v.append(up[r])
 
@@ -67,13 +78,17 @@ def relu_rows(ctx: Context, X: Expr, lo: np.ndarray, hi: np.ndarray, scores: np.
         v = ctx.add_binaries(u.size, "relu", ref=(a > 0).astype(float))
         Au, cu, Uu, Lm = A[u], X.c[u], up[u], lo[u] - up[u]
         pb.add_rows([(h, 1.0), (v, -Uu)], np.full(u.size, -INF), 0.0)
-        if scores is not None:
-            su = scores[u]
-            pb.add_rows([(h, 1.0), -Au, (su, -Uu)], cu - Uu, INF)
-            pb.add_rows([(h, 1.0), -Au, (v, -Lm), (su, -Uu)], np.full(u.size, -INF), cu - Lm - Uu)
-        else:
-            pb.add_rows([(h, 1.0), -Au], cu, INF)
-            pb.add_rows([(h, 1.0), -Au, (v, -Lm)], np.full(u.size, -INF), cu - Lm)
+        s_u = scored[u]
+        if s_u.any():
+            k = np.flatnonzero(s_u)
+            su, Ak, ck, Uk, Lk = scores[u][k], Au[k], cu[k], Uu[k], Lm[k]
+            pb.add_rows([(h[k], 1.0), -Ak, (su, -Uk)], ck - Uk, INF)
+            pb.add_rows([(h[k], 1.0), -Ak, (v[k], -Lk), (su, -Uk)], np.full(k.size, -INF), ck - Lk - Uk)
+        if not s_u.all():
+            k = np.flatnonzero(~s_u)
+            Ak, ck, Lk = Au[k], cu[k], Lm[k]
+            pb.add_rows([(h[k], 1.0), -Ak], ck, INF)
+            pb.add_rows([(h[k], 1.0), -Ak, (v[k], -Lk)], np.full(k.size, -INF), ck - Lk)
         extra_r.append(u), extra_c.append(h), extra_v.append(np.ones(u.size))
 
     A_out = widen(A_out, pb.num_cols)
@@ -88,7 +103,12 @@ def relu_rows(ctx: Context, X: Expr, lo: np.ndarray, hi: np.ndarray, scores: np.
 def score_without_relu(ctx: Context, i: int, X: Expr) -> Expr:
     """A scored layer whose output feeds a linear op directly: h = a - (1 - s) U (METHOD.md section 3)."""
     scores = ctx.score_per_row(i, X.n)
+    if scores is None:
+        return X
     _, hi = ctx.output_bounds(i)
+    rows = np.flatnonzero(scores >= 0)
     A = widen(X.A, ctx.pb.num_cols)
-    extra = sp.csr_matrix((hi, (np.arange(X.rows), scores)), shape=A.shape)
-    return Expr((A + extra).tocsr(), X.c - hi, X.nonneg, X.shape, X.n)
+    extra = sp.csr_matrix((hi[rows], (rows, scores[rows])), shape=A.shape)
+    c = X.c.copy()
+    c[rows] -= hi[rows]
+    return Expr((A + extra).tocsr(), c, X.nonneg, X.shape, X.n)

@@ -1,4 +1,5 @@
-"""The layer IR: plain dataclasses of numpy arrays with a numpy forward pass.
+"""The layer kinds of the IR: plain dataclasses of numpy arrays with a numpy forward pass, and one registry
+(`KINDS`) saying what the rest of the pipeline needs to know about each kind.
 
 The IR is the one source of shapes. Every shape is per sample (no batch axis). Linear layers (`Dense`,
 `Conv`) keep, for their output units and their input units, where their numbers live in the original ONNX
@@ -8,7 +9,7 @@ Weights are float64 with BatchNormalization and Gemm's alpha/beta already folded
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence, Union
 
 import numpy as np
@@ -76,6 +77,8 @@ class Dense:
     out_refs: tuple[ParamRef, ...] = ()
     in_refs: tuple[ParamRef, ...] = ()
     nodes: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # the tensors it reads (default: the previous layer's output)
+    output: str = ""  # the tensor it writes (default: a name made from its position)
     kind = "dense"
 
     @property
@@ -100,7 +103,9 @@ class Dense:
 
 @dataclass
 class Conv:
-    """2-D convolution, group 1. weight [units, in_channels, kh, kw]; pads (top, left, bottom, right)."""
+    """2-D convolution. weight [units, in_channels / group, kh, kw]; pads (top, left, bottom, right).
+
+    group == in_channels == units is a depthwise convolution: channel c in, channel c out."""
 
     name: str
     weight: np.ndarray
@@ -112,7 +117,14 @@ class Conv:
     out_refs: tuple[ParamRef, ...] = ()
     in_refs: tuple[ParamRef, ...] = ()
     nodes: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # the tensors it reads (default: the previous layer's output)
+    output: str = ""  # the tensor it writes (default: a name made from its position)
+    group: int = 1
     kind = "conv"
+
+    @property
+    def depthwise(self) -> bool:
+        return self.group > 1 and self.group == self.in_shape[0] == self.units
 
     @property
     def units(self) -> int:
@@ -149,8 +161,15 @@ class Conv:
     def forward(self, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
         cols = _gather_patches(x, self.patches(), 0.0)  # [N, C, P, K]
-        w = self.weight.reshape(self.units, self.weight.shape[1], -1)  # [O, C, K]
-        y = np.einsum("ncpk,ock->nop", cols, w, optimize=True) + self.bias[None, :, None]
+        if self.group == 1:
+            w = self.weight.reshape(self.units, self.weight.shape[1], -1)  # [O, C, K]
+            y = np.einsum("ncpk,ock->nop", cols, w, optimize=True)
+        else:
+            g = self.group
+            cols = cols.reshape(n, g, cols.shape[1] // g, *cols.shape[2:])  # [N, G, C/G, P, K]
+            w = self.weight.reshape(g, self.units // g, self.weight.shape[1], -1)  # [G, O/G, C/G, K]
+            y = np.einsum("ngcpk,gock->ngop", cols, w, optimize=True).reshape(n, self.units, -1)
+        y = y + self.bias[None, :, None]
         return y.reshape(n, *self.out_shape)
 
 
@@ -159,6 +178,8 @@ class Relu:
     name: str
     in_shape: tuple[int, ...]
     nodes: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # the tensors it reads (default: the previous layer's output)
+    output: str = ""  # the tensor it writes (default: a name made from its position)
     kind = "relu"
 
     @property
@@ -179,6 +200,8 @@ class MaxPool:
     dilations: tuple[int, int] = (1, 1)
     ceil_mode: bool = False
     nodes: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # the tensors it reads (default: the previous layer's output)
+    output: str = ""  # the tensor it writes (default: a name made from its position)
     kind = "maxpool"
 
     def patches(self) -> np.ndarray:
@@ -213,6 +236,8 @@ class AvgPool:
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     count_include_pad: bool = False
     nodes: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # the tensors it reads (default: the previous layer's output)
+    output: str = ""  # the tensor it writes (default: a name made from its position)
     kind = "avgpool"
 
     def patches(self) -> np.ndarray:
@@ -258,6 +283,8 @@ class Reshape:
     nodes: tuple[str, ...] = ()
     # the target when the graph computes it from the input's shape (Keras 3's flatten), batch entry 0
     computed_target: tuple[int, ...] | None = None
+    inputs: tuple[str, ...] = ()  # the tensors it reads (default: the previous layer's output)
+    output: str = ""  # the tensor it writes (default: a name made from its position)
     kind = "reshape"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -274,6 +301,8 @@ class Affine:
     scale: np.ndarray  # broadcastable to in_shape, float64
     shift: np.ndarray
     nodes: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # the tensors it reads (default: the previous layer's output)
+    output: str = ""  # the tensor it writes (default: a name made from its position)
     kind = "affine"
 
     @property
@@ -292,6 +321,8 @@ class Transpose:
     in_shape: tuple[int, ...]
     perm: tuple[int, ...]  # per-sample axes, the batch axis excluded
     nodes: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # the tensors it reads (default: the previous layer's output)
+    output: str = ""  # the tensor it writes (default: a name made from its position)
     kind = "transpose"
 
     @property
@@ -309,70 +340,93 @@ LINEAR_KINDS = ("dense", "conv")
 
 
 @dataclass
-class Network:
-    """A feed-forward chain of layers from one input to the logits (the last linear layer's output)."""
+class Add:
+    """The element-wise sum of two or more activations of one shape (a residual connection)."""
 
-    layers: list[Layer]
-    input_name: str
-    input_shape: tuple[int, ...]
-    input_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
-    logits_name: str = ""
-    output_names: tuple[str, ...] = ()
-    tail_ops: tuple[str, ...] = ()
-    # the batch size the model's declared input accepts when it is fixed (e.g. 1); None when it is free.
-    # Everything that runs the model (evaluation, validation, latency) feeds it batches of exactly this size.
-    fixed_batch: int | None = None
-    canonicalised: tuple[str, ...] = ()  # the exact ONNX passes that made the graph readable (canonical.py)
-
-    def linear_indices(self) -> list[int]:
-        """Positions of the Dense/Conv layers in `layers`."""
-        return [i for i, layer in enumerate(self.layers) if layer.kind in LINEAR_KINDS]
-
-    def scored_indices(self) -> list[int]:
-        """Positions of the prunable linear layers: every linear layer but the output layer."""
-        return self.linear_indices()[:-1]
+    name: str
+    in_shape: tuple[int, ...]
+    nodes: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    output: str = ""
+    kind = "add"
 
     @property
-    def num_classes(self) -> int:
-        return int(np.prod(self.layers[-1].out_shape))
+    def out_shape(self) -> tuple[int, ...]:
+        return self.in_shape
+
+    def forward(self, *xs: np.ndarray) -> np.ndarray:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+@dataclass
+class Concat:
+    """Activations joined along the channel axis (per-sample axis 0); `sizes` are the inputs' channel counts."""
+
+    name: str
+    in_shapes: tuple[tuple[int, ...], ...]
+    nodes: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    output: str = ""
+    kind = "concat"
 
     @property
-    def params(self) -> int:
-        return sum(self.layers[i].params for i in self.linear_indices())
+    def in_shape(self) -> tuple[int, ...]:
+        return self.in_shapes[0]
 
     @property
-    def macs(self) -> int:
-        return sum(self.layers[i].macs for i in self.linear_indices())
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(int(shape[0]) for shape in self.in_shapes)
 
-    def activations(self, x: np.ndarray, scales: dict[int, np.ndarray] | None = None,
-                    batch_size: int = 256) -> list[np.ndarray]:
-        """Output of every layer for inputs x [N, *input_shape], in float64.
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (sum(self.sizes), *self.in_shapes[0][1:])
 
-        scales maps a linear layer's position to a per-unit factor applied to its outputs (0 removes the
-        unit; a positive factor is what folding it into the outgoing weights gives).
-        """
-        return self._run(x, scales, batch_size, keep_all=True)
+    def forward(self, *xs: np.ndarray) -> np.ndarray:
+        return np.concatenate(xs, axis=1)
 
-    def forward(self, x: np.ndarray, scales: dict[int, np.ndarray] | None = None,
-                batch_size: int = 256) -> np.ndarray:
-        """Logits [N, classes] in float64 (see `activations` for scales)."""
-        return self._run(x, scales, batch_size, keep_all=False)[-1]
 
-    def _run(self, x, scales, batch_size, keep_all):
-        x = np.asarray(x, dtype=np.float64).reshape(-1, *self.input_shape)
-        chunks = []
-        for start in range(0, max(len(x), 1), batch_size):
-            h = x[start:start + batch_size]
-            outs = []
-            for i, layer in enumerate(self.layers):
-                h = layer.forward(h)
-                if scales is not None and i in scales:
-                    factor = np.asarray(scales[i], dtype=np.float64)
-                    h = h * factor.reshape((1, -1) + (1,) * (h.ndim - 2))
-                if keep_all:
-                    outs.append(h)
-            chunks.append(outs if keep_all else [h])
-        return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(chunks[0]))]
+Layer = Union[Dense, Conv, Relu, MaxPool, AvgPool, Reshape, Affine, Transpose, Add, Concat]
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x).argmax(axis=1)
+
+@dataclass(frozen=True)
+class Kind:
+    """What the pipeline needs to know about a layer kind besides its forward pass.
+
+    linear: an affine map with weights (Dense, Conv): its output channels are new units and its input
+    channels are columns it reads. per_channel: channel c out depends on channel c in only (ReLU, pooling).
+    merge: several activations in. monotone: `forward` is monotone in each element, so interval bounds are the
+    images of the two ends. positively_homogeneous: f(a x) = a f(x) for a positive per-channel factor a, so a
+    kept unit's score can be folded into the weights that read it. input_stage: only before the first linear
+    layer (it sees constants in the MIP and owns no units).
+    """
+
+    linear: bool = False
+    per_channel: bool = False
+    merge: bool = False
+    monotone: bool = True
+    positively_homogeneous: bool = True
+    input_stage: bool = False
+
+
+KINDS: dict[str, Kind] = {
+    "dense": Kind(linear=True, monotone=False, positively_homogeneous=False),
+    "conv": Kind(linear=True, monotone=False, positively_homogeneous=False),
+    "relu": Kind(per_channel=True),
+    "maxpool": Kind(per_channel=True),
+    "avgpool": Kind(per_channel=True),
+    "reshape": Kind(),
+    "add": Kind(merge=True),
+    "concat": Kind(merge=True),
+    "affine": Kind(input_stage=True, positively_homogeneous=False),
+    "transpose": Kind(input_stage=True),
+}
+# the kinds' names, for code that must name them (the registry says the rest)
+INPUT_STAGE_KINDS = tuple(k for k, v in KINDS.items() if v.input_stage)
+LINEAR_KINDS = tuple(k for k, v in KINDS.items() if v.linear)
+
+
+def kind_of(layer) -> Kind:
+    return KINDS[layer.kind]

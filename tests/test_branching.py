@@ -1,0 +1,64 @@
+"""Branching graphs end to end: `optimize` on the exporter corpus (residual Add with and without downsample
+shortcuts, fire-module Concat, depthwise-separable, Inception), the written file checked against the masked
+IR model by onnxruntime, coupled producers shrinking together, and the parameter count equal to the file's."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnxcrit import load_network, optimize, remove_units
+from onnxcrit.tolerance import assert_same
+from onnxcrit.validate import run_batched, session
+
+from .corpus import ROOT
+
+BRANCHING = ROOT / "tests" / "data" / "branching"
+CASES = ["torch_legacy_resnet8", "torch_dynamo_resnet_downsample", "torch_legacy_squeezenet_dense",
+         "torch_legacy_squeezenet_allconv", "torch_legacy_mobilenet_dwsep", "torch_legacy_inception",
+         "torch_legacy_mlp_residual"]
+
+
+def _data(name, part):
+    d = np.load(BRANCHING / f"{name}_{part}.npz")
+    return d["x"], d["y"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_optimize_prunes_a_branching_graph(name):
+    path = BRANCHING / f"{name}.onnx"
+    net, model = load_network(path)
+    result = optimize(path, _data(name, "calib"), target_params=0.75, measure_latency=False, round_to=1)
+    report, new_net = result.report, result.network
+    assert report["params_after"] <= 0.75 * report["params_before"] + 1e-9
+    assert report["mode"] == "full" and report["groups"]
+    # the written model computes the masked IR network (the rewrite's own check, repeated from outside)
+    x, _ = _data(name, "eval")
+    logits = run_batched(session(result.model), new_net.input_name, x[:64], [new_net.logits_name])[0]
+    assert_same(logits, net.forward(x[:64], scales=result.scales))
+    # every producer of a group lost the same units, and the group's readers the same columns
+    for g in net.deps.prunable():
+        kept = int(np.count_nonzero(result.scales[g.key])) if g.key in result.scales else g.units
+        for p in [*g.producers, *g.coupled]:
+            assert new_net.layers[p].units == kept, (name, net.layers[p].name)
+    # the reported count is the file's: elements of the initializers the linear layers own
+    owned = {ref.tensor for i in new_net.linear_indices() for ref in (*new_net.layers[i].out_refs,
+                                                                      *new_net.layers[i].in_refs)}
+    inits = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    assert report["params_after"] == sum(inits[t].size for t in owned if t in inits)
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_depthwise_group_attribute_follows_the_kept_channels():
+    name = "torch_legacy_mobilenet_dwsep"
+    net, model = load_network(BRANCHING / f"{name}.onnx")
+    (key, *_) = [g.key for g in net.deps.prunable() if g.coupled]
+    scales = {key: np.r_[np.zeros(5), np.ones(net.layers[key].units - 5)]}
+    new, new_net = remove_units(model, net, scales)
+    dw = [p for g in net.deps.prunable() if g.key == key for p in g.coupled][0]
+    node = next(n for n in new.graph.node if n.name == net.layers[dw].nodes[0])
+    assert next(a.i for a in node.attribute if a.name == "group") == net.layers[key].units - 5
+    x, _ = _data(name, "eval")
+    assert_same(run_batched(session(new), new_net.input_name, x[:32], [new_net.logits_name])[0],
+                net.forward(x[:32], scales=scales))
