@@ -57,6 +57,8 @@ import time
 
 import numpy as np
 
+from onnxcrit import by_accuracy
+
 from .common import RESULTS, ROOT, publish
 
 DATA = os.path.join(ROOT, "..", "shared", "data")
@@ -556,6 +558,28 @@ class OnnxBackend:
         out = {k: ort_accuracy(model, net, x, y) for k, (x, y) in data.items()}
         return dict(out, params=params, macs=macs)
 
+    def scales_of(self, scales: dict) -> dict:
+        return {k: np.asarray(v, dtype=np.float64) for k, v in scales.items()}
+
+    def measure_scales(self, scales: dict, data: dict) -> dict:
+        from onnxcrit import remove_units
+
+        model, net = remove_units(self.proto, self.net, self.scales_of(scales))
+        return self.measure_model(model, net, data)
+
+    def accuracy_of(self, x, y, base: float):
+        """by_accuracy's measure: onnxruntime on the rewritten candidate (None: the unpruned model)."""
+        from onnxcrit import remove_units
+
+        from .common import ort_accuracy
+
+        def measure(scales):
+            if scales is None:
+                return base
+            model, net = remove_units(self.proto, self.net, self.scales_of(scales))
+            return ort_accuracy(model, net, x, y)
+        return measure
+
     def logits(self, keep, x):
         from .common import logits
 
@@ -616,7 +640,7 @@ def _onnxcrit_child(path: str, calib: str, val: str, options: dict) -> dict:
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024.0
     return {"model": res.model.SerializeToString(), "report": res.report, "scales": res.scales,
-            "notes": stages.notes, "peak_mb": peak}
+            "scores": res.scores, "notes": stages.notes, "peak_mb": peak}
 
 
 def onnxcrit_run(path: str, calib: str, val: str, options: dict, memory_gb: float) -> dict:
@@ -628,6 +652,34 @@ def onnxcrit_run(path: str, calib: str, val: str, options: dict, memory_gb: floa
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_limit_memory,
                              initargs=(int(memory_gb * 2**30),)) as pool:
         return pool.submit(_onnxcrit_child, path, calib, val, options).result()
+
+
+def onnxcrit_cached(name: str, info: dict, options: dict, memory_gb: float, fresh: bool = False) -> tuple[dict, bool]:
+    """`onnxcrit_run`'s answer (or its failure as {"failed": one line}) with its wall seconds, kept in the cache
+    for the model file and options (a run takes minutes); (answer, whether it came from the cache)."""
+    import hashlib
+    import pickle
+
+    key = json.dumps([options, memory_gb, os.path.getmtime(info["onnx"])], sort_keys=True)
+    path = _path(name, f"onnxcrit_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pkl")
+    if os.path.exists(path) and not fresh:
+        with open(path, "rb") as f:
+            return pickle.load(f), True
+    clock = time.perf_counter()
+    try:
+        run = onnxcrit_run(info["onnx"], info["calib"], info["val"], options, memory_gb)
+    except Exception as exc:
+        run = {"failed": one_line(exc)}
+    run["seconds"] = time.perf_counter() - clock
+    with open(path + ".tmp", "wb") as f:
+        pickle.dump(run, f)
+    os.replace(path + ".tmp", path)
+    return run, False
+
+
+def plain(value):
+    """A report section as JSON-safe data."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 def load_network_from_bytes(data: bytes):
@@ -646,7 +698,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def run_model(name: str, epochs_scale: float = 1.0, log=print, memory_gb: float = MEMORY_GB,
-              fallback_samples=FALLBACK_SAMPLES) -> dict:
+              fallback_samples=FALLBACK_SAMPLES, fresh: bool = False) -> dict:
     import torch
 
     info = prepare(name, epochs_scale)
@@ -681,34 +733,47 @@ def run_model(name: str, epochs_scale: float = 1.0, log=print, memory_gb: float 
 
     # onnxcrit at its defaults (a 1-point budget on the validation split); if that run runs out of memory or time,
     # again with fewer calibration images (the way out its messages name)
-    counts = None
+    selections = []  # (label, per-group kept counts) of onnxcrit's selections: the baselines keep the same counts
     attempts = [("onnxcrit (defaults)", {})] + [(f"onnxcrit (num_samples {n})", {"num_samples": n})
                                                 for n in fallback_samples]
     for label, options in attempts:
-        clock = time.perf_counter()
-        try:
-            res = onnxcrit_run(info["onnx"], info["calib"], info["val"], options, memory_gb)
-        except Exception as exc:
-            wall = time.perf_counter() - clock
-            out["rows"].append(dict(method=label, failed=one_line(exc), seconds=wall))
-            log(f"  {label}: {one_line(exc)} ({wall:.0f} s)")
-            if not one_line(exc).startswith(("ResourceError", "SolveError")):
+        run, cached = onnxcrit_cached(name, info, options, memory_gb, fresh)
+        if "failed" in run:
+            out["rows"].append(dict(method=label, failed=run["failed"], seconds=run["seconds"], cached=cached))
+            log(f"  {label}: {run['failed']} ({run['seconds']:.0f} s{', cached' if cached else ''})")
+            if not run["failed"].startswith(("ResourceError", "SolveError")):
                 break  # only memory and time are worth a retry with fewer images
             continue
-        wall = time.perf_counter() - clock
-        model_proto, network = load_network_from_bytes(res["model"])
-        counts = backend.counts(res["scales"])
-        rep = res["report"]
-        rescaled = any(np.any((np.asarray(v) > 0) & (np.asarray(v) < 1)) for v in res["scales"].values())
-        row(label, backend.measure_model(model_proto, network, data), wall, counts=counts,
-            rescaled=bool(rescaled), mode=rep.get("mode"), timings=rep.get("timings"),
+        model_proto, network = load_network_from_bytes(run["model"])
+        counts = backend.counts(run["scales"])
+        rep = run["report"]
+        rescaled = any(np.any((np.asarray(v) > 0) & (np.asarray(v) < 1)) for v in run["scales"].values())
+        row(label, backend.measure_model(model_proto, network, data), run["seconds"], counts=counts,
+            rescaled=bool(rescaled), cached=cached, mode=rep.get("mode"), timings=rep.get("timings"),
             report_params=(rep.get("params_before"), rep.get("params_after")),
             report_macs=(rep.get("macs_before"), rep.get("macs_after")),
-            report_accuracy=(rep.get("accuracy_before"), rep.get("accuracy_after")), notes=res["notes"],
-            peak_mb=res["peak_mb"], selection=rep.get("selection", {}).get("rule"))
+            report_accuracy=(rep.get("accuracy_before"), rep.get("accuracy_after")), notes=run["notes"],
+            peak_mb=run["peak_mb"], selection=plain(rep.get("selection")), latency=plain(rep.get("latency")))
         if rescaled:
             row(f"{label}, kept units at full strength",
-                backend.measure([np.asarray(res["scales"][k]) > 0 for k in backend.keys], data), 0.0)
+                backend.measure([np.asarray(run["scales"][k]) > 0 for k in backend.keys], data), 0.0)
+        if sum(counts) < sum(groups.units):
+            selections.append((label, counts))
+        # the same scores through the accuracy budget alone: every validation image, no confirmation half, no
+        # --round-to (what the scores select before the deployment rules)
+        clock = time.perf_counter()
+        chosen, _ = by_accuracy(backend.net, run["scores"], *data["val"], BUDGET,
+                                accuracy_of=backend.accuracy_of(*data["val"], base["val"]))
+        seconds = time.perf_counter() - clock
+        plain_label = f"{label.replace(')', ', ')}scores, budget only)" if "(" in label else label + " scores"
+        if chosen is None:
+            out["rows"].append(dict(method=plain_label, failed="no removal meets the budget", seconds=seconds))
+        else:
+            c = backend.counts(chosen.scales)
+            row(plain_label, backend.measure_scales(chosen.scales, data), seconds, counts=c,
+                rescaled=bool(any(np.any((s > 0) & (s < 1)) for s in chosen.scales.values())))
+            if c != counts and sum(c) < sum(groups.units):
+                selections.append((plain_label, c))
         break
 
     # the criteria (scoring time alone)
@@ -718,14 +783,14 @@ def run_model(name: str, epochs_scale: float = 1.0, log=print, memory_gb: float 
         scores = fn(model, groups)
         criteria[label] = (scores, time.perf_counter() - clock)
 
-    if counts is not None:  # at onnxcrit's counts
+    for source, counts in selections:  # at onnxcrit's counts
+        tag = f"counts of {source}"
         for label, (scores, seconds) in criteria.items():
-            row(f"{label}, onnxcrit's counts", backend.measure(keep_top(scores, counts), data), seconds, counts=counts)
+            row(f"{label}, {tag}", backend.measure(keep_top(scores, counts), data), seconds, counts=counts)
         rnd = [backend.measure(keep_top([np.random.default_rng(s).random(u) for u in groups.units], counts), data)
                for s in range(RANDOM_SEEDS)]
         mean = {k: float(np.mean([r[k] for r in rnd])) for k in ("val", "test", "params", "macs")}
-        row(f"random, onnxcrit's counts (mean of {RANDOM_SEEDS})", mean, 0.0,
-            test_sd=float(np.std([r["test"] for r in rnd])))
+        row(f"random (mean of {RANDOM_SEEDS}), {tag}", mean, 0.0, test_sd=float(np.std([r["test"] for r in rnd])))
 
     # under their own budget search: one fraction for every group, the largest within the budget on validation
     for label, (scores, seconds) in criteria.items():
@@ -759,7 +824,7 @@ def table(results: list[dict]) -> str:
     for res in results:
         for r in res["rows"]:
             if "failed" in r:
-                lines.append(f"| {res['title']} | {r['method']} | refused: {r['failed']} | | | | {r['seconds']:.1f} |")
+                lines.append(f"| {res['title']} | {r['method']} | failed: {r['failed']} | | | | {r['seconds']:.1f} |")
                 continue
             test = f"{r['test_drop']:.2f}" + (f" ± {r['test_sd']:.2f}" if "test_sd" in r else "")
             lines.append(f"| {res['title']} | {r['method']} | {pct(r['params_removed'])} | {pct(r['macs_removed'])} | "
@@ -780,29 +845,34 @@ def models_table(results: list[dict]) -> str:
 
 
 def verdicts(results: list[dict]) -> list[str]:
+    """The issue's targets, measured: per onnxcrit selection, the parameters removed and the test drop, and
+    Torch-Pruning's criterion at the same counts and under its own search."""
     out = []
     for res in results:
-        rows = {r["method"].split(",")[0] if "own search" not in r["method"] else r["method"].split(",")[0] + " own": r
-                for r in res["rows"]}
-        ours = next((r for r in res["rows"] if r["method"] == "onnxcrit (defaults)"), None)
-        if ours is None or "failed" in ours:
-            out.append(f"- {res['title']}: onnxcrit did not run ({ours['failed'] if ours else 'no row'})")
+        rows = res["rows"]
+        ours = [r for r in rows if r["method"].startswith("onnxcrit") and "full strength" not in r["method"]
+                and "failed" not in r]
+        if not ours:
+            fails = "; ".join(f"{r['method']}: {r['failed']}" for r in rows if r["method"].startswith("onnxcrit"))
+            out.append(f"- {res['title']}: onnxcrit gave no pruned model ({fails})")
             continue
-        tp_same = next((r for r in res["rows"] if r["method"].startswith("Torch-Pruning magnitude, onnxcrit")), None)
-        tp_own = next((r for r in res["rows"] if r["method"].startswith("Torch-Pruning magnitude, uniform")), None)
-        line = (f"- {res['title']}: onnxcrit removes {pct(ours['params_removed'])} of the parameters at a test drop "
-                f"of {ours['test_drop']:.2f}")
-        if res["title"].startswith("ResNet"):
-            line += " (target >= 40% at <= 1 point: " + ("met" if ours["params_removed"] >= 0.4 and
-                                                         ours["test_drop"] <= 1.0 else "not met") + ")"
-        if tp_same:
-            line += (f"; at its counts Torch-Pruning's criterion drops {tp_same['test_drop']:.2f} "
-                     f"({'onnxcrit not behind' if ours['test_drop'] <= tp_same['test_drop'] + 1e-9 else 'onnxcrit behind'})")
-        if tp_own:
-            line += (f"; Torch-Pruning under its own uniform search removes {pct(tp_own['params_removed'])} "
-                     f"({'onnxcrit removes more or as much' if ours['params_removed'] >= tp_own['params_removed'] - 1e-9 else 'onnxcrit removes less'})")
-        out.append(line)
-        del rows
+        tp_own = next((r for r in rows if r["method"].startswith("Torch-Pruning magnitude, uniform")), None)
+        for r in ours:
+            line = (f"- {res['title']}, {r['method']}: {pct(r['params_removed'])} of the parameters removed at a "
+                    f"test drop of {r['test_drop']:.2f}")
+            if res["title"].startswith("ResNet"):
+                met = r["params_removed"] >= 0.4 and r["test_drop"] <= 1.0
+                line += f" (>= 40% at <= 1 point: {'met' if met else 'not met'})"
+            same = next((t for t in rows if t["method"] == f"Torch-Pruning magnitude, counts of {r['method']}"), None)
+            if same:
+                behind = r["test_drop"] > same["test_drop"] + 1e-9
+                line += (f"; Torch-Pruning's criterion at these counts: test drop {same['test_drop']:.2f} "
+                         f"(onnxcrit {'behind' if behind else 'not behind'})")
+            if tp_own:
+                more = r["params_removed"] >= tp_own["params_removed"] - 1e-9
+                line += (f"; Torch-Pruning under its own uniform search removes {pct(tp_own['params_removed'])} "
+                         f"(onnxcrit removes {'as much or more' if more else 'less'})")
+            out.append(line)
     return out
 
 
@@ -824,6 +894,7 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-gb", type=float, default=MEMORY_GB, help="address-space cap of the onnxcrit process")
     ap.add_argument("--fallback-samples", default=",".join(map(str, FALLBACK_SAMPLES)),
                     help="calibration images of the retries when onnxcrit's default run runs out of memory ('' none)")
+    ap.add_argument("--fresh", action="store_true", help="run onnxcrit again even when its answer is cached")
     ap.add_argument("--out", default=os.path.join(RESULTS, "branching.md"))
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -842,7 +913,8 @@ def main(argv=None) -> int:
         clock = time.perf_counter()
         res = run_model(n, args.epochs_scale, log=lambda s: print(s, file=sys.stderr, flush=True),
                         memory_gb=args.memory_gb,
-                        fallback_samples=[int(v) for v in args.fallback_samples.split(",") if v.strip()])
+                        fallback_samples=[int(v) for v in args.fallback_samples.split(",") if v.strip()],
+                        fresh=args.fresh)
         res["seconds"] = time.perf_counter() - clock
         results.append(res)
     write(args.out, results, start)
