@@ -894,6 +894,8 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-gb", type=float, default=MEMORY_GB, help="address-space cap of the onnxcrit process")
     ap.add_argument("--fallback-samples", default=",".join(map(str, FALLBACK_SAMPLES)),
                     help="calibration images of the retries when onnxcrit's default run runs out of memory ('' none)")
+    ap.add_argument("--render", help="only write the table from these comma-separated .json files of earlier runs "
+                    "(e.g. two runs of model subsets)")
     ap.add_argument("--fresh", action="store_true", help="run onnxcrit again even when its answer is cached")
     ap.add_argument("--out", default=os.path.join(RESULTS, "branching.md"))
     args = ap.parse_args(argv)
@@ -902,6 +904,15 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown model(s) {', '.join(unknown)}; expected {', '.join(MODELS)}")
     start = time.perf_counter()
+    if args.render:
+        results = []
+        for path in args.render.split(","):
+            with open(path) as f:
+                results += json.load(f)
+        order = {n: i for i, n in enumerate(MODELS)}
+        results.sort(key=lambda r: order.get(r["model"], len(order)))
+        write(args.out, results, time.perf_counter() - sum(r["seconds"] for r in results))
+        return 0
     if args.train_only:
         for n in names:
             prepare(n, args.epochs_scale)
