@@ -895,7 +895,7 @@ def verdicts(results: list[dict]) -> list[str]:
             if tp_own:
                 more = r["params_removed"] >= tp_own["params_removed"] - 1e-9
                 line += (f"; Torch-Pruning's criterion under its own search removes at most "
-                         f"{pct(tp_own['params_removed'])} ({tp_own['method'].split(', ')[1]}) "
+                         f"{pct(tp_own['params_removed'])} ({tp_own['method'].split(', ')[1].split(' (')[0]}) "
                          f"(onnxcrit removes {'as much or more' if more else 'less'})")
             out.append(line)
     return out
@@ -921,6 +921,7 @@ def main(argv=None) -> int:
                     help="calibration images of the retries when onnxcrit's default run runs out of memory ('' none)")
     ap.add_argument("--render", help="only write the table from these comma-separated .json files of earlier runs "
                     "(e.g. two runs of model subsets)")
+    ap.add_argument("--note", default="", help="a sentence on how this run was made, printed under the table")
     ap.add_argument("--fresh", action="store_true", help="run onnxcrit again even when its answer is cached")
     ap.add_argument("--out", default=os.path.join(RESULTS, "branching.md"))
     args = ap.parse_args(argv)
@@ -936,7 +937,7 @@ def main(argv=None) -> int:
                 results += json.load(f)
         order = {n: i for i, n in enumerate(MODELS)}
         results.sort(key=lambda r: order.get(r["model"], len(order)))
-        write(args.out, results, time.perf_counter() - sum(r["seconds"] for r in results))
+        write(args.out, results, time.perf_counter() - sum(r["seconds"] for r in results), note=args.note)
         return 0
     if args.train_only:
         for n in names:
@@ -953,11 +954,11 @@ def main(argv=None) -> int:
                         fresh=args.fresh)
         res["seconds"] = time.perf_counter() - clock
         results.append(res)
-    write(args.out, results, start)
+    write(args.out, results, start, note=args.note)
     return 0
 
 
-def write(out: str, results: list[dict], start: float, echo: bool = True) -> None:
+def write(out: str, results: list[dict], start: float, echo: bool = True, note: str = "") -> None:
     from importlib.metadata import version
 
     import torch
@@ -1008,6 +1009,7 @@ def write(out: str, results: list[dict], start: float, echo: bool = True) -> Non
         "Groups: units per channel group; * = a group of several producer convs joined by residual Adds (a "
         "ResNet stage: stem or downsample shortcut and every block's second conv).", "",
         table(results), "",
+        *([note, ""] if note else []),
         "Targets (issue): >= 40% of a ResNet's parameters removed at <= 1 point test drop without fine-tuning; "
         "onnxcrit not behind Torch-Pruning's magnitude criterion under the same budget.", "",
         *verdicts(results), "",
@@ -1020,7 +1022,7 @@ def write(out: str, results: list[dict], start: float, echo: bool = True) -> Non
                         f"measured by the torch fallback: {res['refusal']}")
     text += ["", f"torch {torch.__version__}, torch-pruning {version('torch-pruning')}; {os.cpu_count()} cores, load "
              f"average at the end {os.getloadavg()[0]:.2f}; benchmark total {time.perf_counter() - start:.0f} s "
-             "(training excluded when cached; per model: "
+             "(cached models and onnxcrit answers are not rerun, so the total excludes them; per model: "
              + ", ".join(f"{r['title']} {r['seconds']:.0f} s" for r in results) + ")."]
     publish(out, "\n".join(text) + "\n", echo=echo)
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
