@@ -23,12 +23,16 @@ Data (normalised in the data pipeline, not in the graph: the ONNX input is the n
 
 Measured per model, the budget met on the validation split, every reported drop on the test split:
 
-- onnxcrit: `optimize(model, calibration, eval_data=validation)` at its defaults (a 1-point accuracy budget).
+- onnxcrit: `optimize(model, calibration, eval_data=validation)` at its defaults (a 1-point accuracy budget), in
+  a fresh process under an address-space cap (--memory-gb); after a memory or time failure again with 2, then 1
+  calibration images. Its answers are cached (--fresh reruns them). The same scores through `by_accuracy` alone
+  (no confirmation half, no --round-to) give a second row.
 - L1 (sum over the group's producers of the BN-folded filters' L1 norms) and Torch-Pruning's
   `GroupMagnitudeImportance` at its defaults (on the torch model, groups from `tp.DependencyGraph`) keeping
   onnxcrit's per-group counts; random (mean of 5 seeds) at the same counts as a control.
-- L1 and Torch-Pruning under their own budget search: the same fraction of every prunable group removed, the
-  largest fraction on a 5% grid whose validation drop is <= 1 point.
+- L1 and Torch-Pruning under their own budget search: the same fraction of every prunable group removed (a 5%
+  grid), or one global ranking over all groups (scores / group mean; a finer grid); the largest fraction whose
+  validation drop is <= 1 point.
 
 A channel group is what must go together: a ResNet stage's stem / shortcut / second convs (joined by the
 residual Adds), each block's first conv, each fire module's squeeze and each of its two expands. Groups are
@@ -45,6 +49,7 @@ which.
 Writes benchmarks/results/branching.md and branching.json and prints the table.
 
 Usage: python -m benchmarks.branching [--models resnet20_mnist,...] [--train-only] [--epochs-scale 1.0]
+       [--memory-gb 12] [--fallback-samples 2,1] [--fresh] [--render a.json,b.json] [--note TEXT]
 """
 from __future__ import annotations
 
