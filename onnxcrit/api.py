@@ -20,7 +20,7 @@ from .bounds import interval_bounds
 from .data import Dataset, load_data
 from .errors import BudgetError, InputError, OnnxcritError, SolveError, UnsupportedModelError, naming
 from .frontend import load_model, load_network
-from .ir import INPUT_STAGE_KINDS, Network
+from .ir import INPUT_STAGE_KINDS, Conv, Network
 from .options import DEFAULTS, Options
 from .reconstruct import Reconstructor
 from .rewrite import bias_compensation, dead_units, remove_units
@@ -112,8 +112,6 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     progress = progress or Progress()
     timings: dict[str, float] = {}
     loaded = _load(model, data, eval_data, progress, timings)
-    if finetune_data is not None and not loaded.net.is_chain():
-        raise InputError("fine-tuning maps a chain of layers onto torch; this model is a branching graph")
     plan = _plan(opts, loaded, progress)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
     # with --reconstruct every candidate (measured, confirmed, rounded, written) is rewritten with its reconstruction
@@ -168,7 +166,8 @@ def _load(model, data, eval_data, progress, timings) -> _Loaded:
     patterns = recognised_patterns(net)
     if net.canonicalised:  # the canonical graph must compute what the published file computes
         check_canonical(load_model(model), proto, net, calib.x)
-    done(f"{len(net.scored_indices())} prunable layers, {net.params:,} parameters"
+    what = "prunable layers" if net.is_chain() else "prunable channel groups"
+    done(f"{len(net.scored_indices())} {what}, {net.params:,} parameters"
          + (f"; recognised {', '.join(patterns)}" if patterns else ""))
     return _Loaded(net, proto, calib, evald, patterns)
 
@@ -177,15 +176,11 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     """The selection rule and the mode, from the options and whether there is evaluation data."""
     net, evald = loaded.net, loaded.evald
     mode, reason, workers = opts.mode, "requested", opts.workers
-    if not net.is_chain():
-        _check_branching(opts, net)
-        if mode == "auto":
-            mode, reason = "full", "a branching graph (one MIP for the whole network)"
     if mode != "full":
         from . import decoupled
 
         if mode == "auto":
-            mode, reason = decoupled.choose_mode(net, opts.num_samples)
+            mode, reason = decoupled.choose_mode(net, opts.num_samples, loaded.calib.x, opts.eps)
             if mode == "full":  # small enough by MACs; also within the memory limit?
                 fits, why = resources.fits(net, _largest_build(opts, loaded), opts.memory_limit)
                 mode, reason = ("full", reason) if fits else ("decoupled", f"{why}: one MIP per block")
@@ -216,17 +211,6 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     # kept units are deployed at full strength unless asked otherwise (measured: docs/benchmarks.md)
     rescale = False if (mode == "decoupled" and opts.rescale is None) else opts.rescale
     return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale)
-
-
-def _check_branching(opts: Options, net) -> None:
-    """What does not take branching graphs yet, refused in one line before any work."""
-    merge = next((layer for layer in net.layers if layer.kind in ("add", "concat")), None)
-    shape = f"a branching graph ({merge.kind} '{merge.name}')" if merge else "a branching graph"
-    if opts.mode == "decoupled":
-        raise InputError(f"--mode decoupled needs a chain of layers; this model is {shape} (use --mode full)")
-    if opts.reconstruct != "none" or opts.compensation:
-        what = f"--reconstruct {opts.reconstruct}" if opts.reconstruct != "none" else "--compensate-bias"
-        raise InputError(f"{what} refits the one layer after each pruned one; this model is {shape}")
 
 
 def _largest_build(opts: Options, loaded: _Loaded) -> int:
@@ -400,7 +384,7 @@ def recognised_patterns(net: Network) -> list[str]:
     found += sorted({f"input_{layer.kind}" for layer in net.layers if layer.kind in INPUT_STAGE_KINDS})
     if net.fixed_batch is not None:
         found.append(f"fixed_batch_{net.fixed_batch}")
-    if net.layers[net.linear_indices()[-1]].kind == "conv":
+    if isinstance(net.layers[net.linear_indices()[-1]], Conv):
         found.append("convolutional_head")
     return found
 

@@ -40,10 +40,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from .bounds import interval_bounds
 from .calibration import choose_calibration
 from .errors import InputError, SolveError
 from .options import executor_ok
-from .ir import AvgPool, Conv, Dense, Network, Reshape
+from .ir import INPUT, KINDS, AvgPool, Conv, Dense, Network, Reshape
 from .scoring import ScoreResult, compute_scores
 
 MODES = ("full", "decoupled", "auto")
@@ -54,6 +55,10 @@ EXECUTORS = ("threads", "processes", "serial", "ray")  # "ray:ADDRESS" joins a r
 # memory and time grow with it. Measured on LeNet-5 (benchmarks/vgg.py, LP): 2.8M -> 0.7 s, 0.2 GB;
 # 56M -> 9.5 s, 1.2 GB (about 20 MB per million); VGG-11 at 32 x 32 with 10 images: 1.5G, about 30 GB.
 AUTO_MACS = 100_000_000
+# ... or when the interval bounds of the full problem leave too many ReLU inputs unstable: bounds widen with
+# depth, and measured (10 images, eps 1e-5) LeNet-5 has 6, a 784-300-100 MLP 2, while a 13-conv fire-module net
+# on MNIST (4.8M MACs) has 78k and its full LP (279k columns, 23M nonzeros) was not solved in 300 s
+AUTO_UNSTABLE = 10_000
 MIN_SOLVE_SECONDS = 0.5  # a block with less time than this is not started (a solver process takes ~0.3 s)
 # worse statuses last: the merged status is the worst block's
 _STATUS_ORDER = ("optimal", "feasible_at_deadline", "no_solution", "infeasible")
@@ -65,23 +70,52 @@ _STATUS_ORDER = ("optimal", "feasible_at_deadline", "no_solution", "infeasible")
 
 @dataclass(frozen=True)
 class Block:
-    """layers[position:stop] of the network: the scored layer, its ReLU and pooling."""
+    """layers[position:stop] of the network: the scored layer, its ReLU and pooling.
+
+    On a branching graph a block is one channel group seen at one layer output (`position`: the last producer or
+    residual Add of the group that a ReLU reads, `tail`: that ReLU); `channels` gives the channel there of each
+    of the group's units, and the scores are keyed by the group's `key`. Blocks end at merge points: the head
+    reads the group's channels only."""
 
     name: str
     position: int
     stop: int
     last: bool  # the output layer follows: the network's own tail is the head
+    key: int = -1  # the group the scores belong to (-1: the layer at `position`, on a chain)
+    tail: tuple[int, ...] | None = None  # the layers applied after `position` (None: position + 1 .. stop - 1)
+    channels: tuple[int, ...] | None = None  # channel at `position` of each unit (None: unit u is channel u)
+
+    @property
+    def group(self) -> int:
+        return self.position if self.key < 0 else self.key
 
 
 def split_blocks(net: Network) -> list[Block]:
-    """One block per scored layer, in network order."""
+    """One block per scored layer (on a branching graph: per channel group), in network order."""
+    if not net.is_chain():
+        return _group_blocks(net)
     linear = net.linear_indices()
     blocks = []
     for j, k in enumerate(net.scored_indices()):
         stop = linear[j + 1]
-        while stop - 1 > k and net.layers[stop - 1].kind == "reshape":
+        while stop - 1 > k and isinstance(net.layers[stop - 1], Reshape):
             stop -= 1
         blocks.append(Block(net.layers[k].name, k, stop, last=(j + 1 == len(linear) - 1)))
+    return blocks
+
+
+def _group_blocks(net: Network) -> list[Block]:
+    blocks = []
+    for g in net.deps.prunable():
+        points = [p for p in sorted(g.values) if p >= 0 and (p in g.producers or p in g.coupled or
+                                                              KINDS[net.layers[p].kind].merge)
+                  and all(len(ch) == 1 for ch in g.values[p])]
+        relus = {p: [j for j in net.consumers_of(p) if KINDS[net.layers[j].kind].activation] for p in points}
+        read = [p for p in points if relus[p]]
+        point = read[-1] if read else g.key
+        tail = (relus[point][0],) if relus.get(point) else ()
+        blocks.append(Block(net.layers[g.key].name, point, (tail or (point,))[-1] + 1, last=False, key=g.key,
+                            tail=tail, channels=tuple(int(ch[0]) for ch in g.values[point])))
     return blocks
 
 
@@ -90,13 +124,34 @@ def full_problem_size(net: Network, num_samples: int) -> int:
     return int(num_samples) * int(net.macs)
 
 
-def choose_mode(net: Network, num_samples: int) -> tuple[str, str]:
-    """("full" | "decoupled", why) for mode auto."""
+def choose_mode(net: Network, num_samples: int, x: np.ndarray | None = None,
+                eps: float = 1e-5) -> tuple[str, str]:
+    """("full" | "decoupled", why) for mode auto. x: calibration images; when given, a network whose interval
+    bounds on them leave more than AUTO_UNSTABLE ReLU inputs unstable goes decoupled too (each would be a
+    binary, or a relaxed one, of the full problem)."""
     size = full_problem_size(net, num_samples)
     what = f"{num_samples} calibration images x {net.macs:,} MACs = {size:,}"
     if size > AUTO_MACS:
         return "decoupled", f"{what}, above {AUTO_MACS:,}: one MIP per block"
+    if x is not None and len(x):
+        unstable = unstable_inputs(net, np.asarray(x)[:num_samples], eps)
+        if unstable > AUTO_UNSTABLE:
+            return "decoupled", (f"{unstable:,} ReLU inputs unstable on {min(len(x), num_samples)} calibration "
+                                 f"images (interval bounds widen with depth), above {AUTO_UNSTABLE:,}: one MIP "
+                                 "per block")
     return "full", f"{what}, at most {AUTO_MACS:,}: one MIP"
+
+
+def unstable_inputs(net: Network, x: np.ndarray, eps: float) -> int:
+    """How many (image, element) ReLU inputs have interval bounds on both sides of 0 for the boxes x +- eps."""
+    bounds = interval_bounds(net, x, eps)
+    count = 0
+    for i, layer in enumerate(net.layers):
+        if KINDS[layer.kind].activation:
+            p = net.inputs_of(i)[0]
+            if p >= 0:
+                count += int(np.count_nonzero((bounds.lower[p] < 0) & (bounds.upper[p] > 0)))
+    return count
 
 
 def default_workers() -> int:
@@ -173,11 +228,16 @@ def block_features(net: Network, blocks: list[Block], x: np.ndarray, pools: list
     the GIL: 1.8x with 2 threads measured on VGG-11); the result does not depend on `workers`."""
     ends = {b.stop - 1: j for j, b in enumerate(blocks)}
 
+    last_use = {p: i for i in range(len(net.layers)) for p in net.inputs_of(i)}
+
     def one_batch(start: int):
-        h = np.asarray(x[start:start + batch_size], dtype=np.float64).reshape(-1, *net.input_shape)
+        values = {INPUT: np.asarray(x[start:start + batch_size], dtype=np.float64).reshape(-1, *net.input_shape)}
         feats = [None] * len(blocks)
         for i, layer in enumerate(net.layers):
-            h = layer.forward(h)
+            h = values[i] = layer.forward(*(values[p] for p in net.inputs_of(i)))
+            for p in net.inputs_of(i):  # only what later layers read stays in memory
+                if last_use.get(p) == i:
+                    del values[p]
             if i in ends:
                 f = h
                 for p in pools[ends[i]]:
@@ -226,19 +286,24 @@ def fit_heads(net: Network, blocks: list[Block], x: np.ndarray, y: np.ndarray, k
 def block_network(net: Network, block: Block, head: Head) -> tuple[Network, float]:
     """The block's sub-network (identity scored layer + ReLU/pooling + head) and its eps factor."""
     layer = net.layers[block.position]
-    units = layer.units
-    if isinstance(layer, Conv):
+    shape = tuple(layer.out_shape)
+    units = int(shape[0])
+    if len(shape) == 3:
         eye = np.eye(units).reshape(units, units, 1, 1)
-        scored = Conv(f"{layer.name}/scores", eye, np.zeros(units), tuple(layer.out_shape))
+        scored = Conv(f"{layer.name}/scores", eye, np.zeros(units), shape)
     else:
         scored = Dense(f"{layer.name}/scores", np.eye(units), np.zeros(units), (units,))
-    tail = net.layers[block.position + 1:] if block.last else net.layers[block.position + 1:block.stop]
+    if block.tail is not None:
+        tail = [net.layers[t] for t in block.tail]
+    else:
+        tail = net.layers[block.position + 1:] if block.last else net.layers[block.position + 1:block.stop]
     layers = [scored, *tail, *([] if block.last else [*head.pool, head.dense])]
     # a chain of its own: the copied layers read the one before them (decoupled mode takes chains only)
     layers = [replace(layer, inputs=(), output="") for layer in layers]
     sub = Network(layers=list(layers), input_name=f"{layer.name}/preactivation", input_shape=tuple(layer.out_shape),
                   logits_name=f"{block.name}/head")
-    return sub, float(np.abs(layer.weight).reshape(units, -1).sum(axis=1).max(initial=0.0))
+    weight = net.layers[block.group].weight
+    return sub, float(np.abs(weight).reshape(weight.shape[0], -1).sum(axis=1).max(initial=0.0))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -479,12 +544,17 @@ def decoupled_scores(net: Network, x: np.ndarray, y: np.ndarray, *, eps: float =
             results = list(ex.map(solve_block, tasks))
     wall = time.perf_counter() - clock
     return _merge(net, results, heads, indices, skipped, prep_seconds, wall, workers, head, relax, time_limit,
-                  raise_on_failure)
+                  raise_on_failure, blocks)
 
 
 def _merge(net, results, heads, indices, skipped, prep_seconds, wall, workers, head, relax, time_limit,
-           raise_on_failure) -> DecoupledScoreResult:
+           raise_on_failure, blocks) -> DecoupledScoreResult:
     results = sorted(results, key=lambda r: r.index)
+
+    def unit_scores(r) -> np.ndarray:  # a block's scores per channel at its position -> per unit of its group
+        b = blocks[r.index]
+        return r.scores if b.channels is None else np.asarray(r.scores)[list(b.channels)]
+
     records = [r.record for r in results]
     status = max((rec.status for rec in records), key=_STATUS_ORDER.index)
     failed = [r for r in results if r.scores is None]
@@ -506,7 +576,7 @@ def _merge(net, results, heads, indices, skipped, prep_seconds, wall, workers, h
                     f"of time_limit={time_limit:g} s ({len(results)} blocks on {workers} workers): raise time_limit "
                     f"or workers, or relax")
     out = DecoupledScoreResult(
-        scores={r.position: r.scores for r in results if r.scores is not None}, status=status,
+        scores={blocks[r.index].group: unit_scores(r) for r in results if r.scores is not None}, status=status,
         objective=sum(rec.objective for rec in known) if len(known) == len(records) else None,
         bound=sum(rec.bound for rec in records) if all(rec.bound is not None for rec in records) else None,
         gap=max((rec.gap for rec in records if rec.gap is not None), default=None),
@@ -514,7 +584,7 @@ def _merge(net, results, heads, indices, skipped, prep_seconds, wall, workers, h
         constraints=sum(rec.constraints for rec in records), nonzeros=sum(rec.nonzeros for rec in records),
         build_seconds=prep_seconds, solve_seconds=wall, calibration_indices=np.asarray(indices), skipped=skipped,
         solver=",".join(sorted({rec.solver for rec in records})), relaxed=relax, message=message,
-        unit_stats={r.position: r.record.unit_stats.get(0, {}) for r in results}, binaries_by_origin=origins, blocks=rows,
+        unit_stats={blocks[r.index].group: r.record.unit_stats.get(0, {}) for r in results}, binaries_by_origin=origins, blocks=rows,
         workers=workers, head=head)
     if raise_on_failure and not out.ok:
         err = SolveError(message or f"decoupled solve ended with status {status}")

@@ -240,6 +240,9 @@ def sliced_weights(full_model: onnx.ModelProto, full_net: Network, model: onnx.M
     model gained (e.g. a compensation Add) starts at 0. kept is looked up by the pruned layer's name, then by
     the unpruned one's; a layer not named keeps every unit.
     """
+    if not full_net.is_chain():
+        raise InputError("starting from the unpruned network's initial weights maps kept units layer by layer "
+                         "along a chain; this network branches (use --init random)")
     lin, full_lin = net.linear_indices(), full_net.linear_indices()
     if len(lin) != len(full_lin):
         raise InputError(f"the initial-weights model has {len(full_lin)} linear layers, the pruned model "

@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import InputError, UnsupportedModelError
-from .ir import (LINEAR_KINDS, Add, Affine, AvgPool, Concat, Conv, Dense, MaxPool, Network, ParamRef, Relu,
+from .ir import (KINDS, LINEAR_KINDS, Add, Affine, AvgPool, Concat, Conv, Dense, MaxPool, Network, ParamRef, Relu,
                  Reshape, Transpose)
 
 # Ops after the logits that onnxcrit keeps untouched and ignores (scikit-learn's exporter adds the last few).
@@ -304,7 +304,7 @@ def _per_unit(layer, c: np.ndarray) -> int | None:
     units = layer.units
     if c.size != units:
         return None
-    if layer.kind == "dense":
+    if isinstance(layer, Dense):
         return c.ndim - 1 if c.ndim in (1, 2) and c.shape[-1] == units else None
     return c.ndim - 3 if c.shape in ((units, 1, 1), (1, units, 1, 1)) else None
 
@@ -622,7 +622,7 @@ def _opset(model: onnx.ModelProto) -> int:
 
 # what may stand between the last linear layer and the logits: an all-convolutional head
 # (Conv -> [Relu] -> GlobalAveragePool / Flatten / Reshape -> logits)
-HEAD_KINDS = ("relu", "avgpool", "reshape")
+HEAD_KINDS = (Relu, AvgPool, Reshape)
 
 
 def _at_tail(walk: _Walk, tensor: str) -> bool:
@@ -635,7 +635,7 @@ def _at_tail(walk: _Walk, tensor: str) -> bool:
     pos = walk.producer.get(source)
     while pos is not None and walk.layers[pos].kind not in LINEAR_KINDS:
         layer = walk.layers[pos]
-        if layer.kind not in HEAD_KINDS or len(layer.inputs) != 1:
+        if not isinstance(layer, HEAD_KINDS) or len(layer.inputs) != 1:
             return False
         pos = walk.producer.get(layer.inputs[0])
     if pos is None:
@@ -760,7 +760,7 @@ def to_network(model: onnx.ModelProto) -> Network:
     linear = [layer for layer in walk.layers if layer.kind in LINEAR_KINDS]
     if len(linear) < 2:
         raise UnsupportedModelError("model has fewer than two Gemm/MatMul/Conv layers: nothing to prune")
-    if not any(layer.kind == "relu" for layer in walk.layers):
+    if not any(KINDS[layer.kind].activation for layer in walk.layers):
         raise UnsupportedModelError("model has no Relu: onnxcrit optimises ReLU networks")
     return Network(layers=walk.layers, input_name=vi.name, input_shape=tuple(shape),
                    input_dtype=np.dtype(_ELEM_TO_NUMPY[ttype.elem_type]), logits_name=logits,

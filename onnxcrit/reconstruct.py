@@ -35,7 +35,7 @@ import onnx
 
 from .errors import UnsupportedModelError
 from .frontend import to_network
-from .ir import LINEAR_KINDS, Network
+from .ir import INPUT, KINDS, Dense, Network
 from .ir.kinds import _gather_patches
 from .rewrite import _check_ownership, _checked_keep, _checked_scales, _columns_of_next, _Edit, _TensorTable, \
     remove_units
@@ -85,6 +85,11 @@ def reconstruct(net: Network, scales: dict[int, np.ndarray], x: np.ndarray | Non
     keep = _checked_keep(scales, keep)
     factors = {k: np.where(keep[k], scales[k], 0.0) for k in scales}
     changed = {k for k in scales if not (keep[k].all() and np.all(factors[k] == 1.0))}
+    if not net.is_chain():
+        if method == "merge":
+            raise UnsupportedModelError("reconstruction 'merge' pairs a removed unit with a kept one of the same "
+                                        "layer; it needs a chain (no residual Add, Concat or depthwise conv)")
+        return Reconstruction(method, keep, _fit_dag(net, method, keep, factors, changed, x, damp))
     if method in ("none", "merge"):
         return Reconstruction(method, keep, _data_free(net, method, keep, factors, changed))
     layers = list(net.layers)
@@ -94,7 +99,7 @@ def reconstruct(net: Network, scales: dict[int, np.ndarray], x: np.ndarray | Non
     previous, scored = None, set(net.scored_indices())  # previous: the last scored layer passed
     for i, layer in enumerate(net.layers):
         cached = unpruned[i] if unpruned is not None and i in unpruned else None
-        if cur is not None and layer.kind in LINEAR_KINDS:  # something upstream changed: fit this layer
+        if cur is not None and KINDS[layer.kind].linear:  # something upstream changed: fit this layer
             n, cols, _ = _columns_of_next(net, previous)
             assert n == i
             units = layers[previous].units
@@ -117,13 +122,78 @@ def reconstruct(net: Network, scales: dict[int, np.ndarray], x: np.ndarray | Non
     return Reconstruction(method=method, keep=keep, layers=out)
 
 
+def _reader_units(net: Network, n: int, keep: dict, factors: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear layer n's input columns as units of the groups they belong to: (unit index of each column, factor
+    per unit, kept per unit), units numbered over every group n reads (a column of no group is its own unit)."""
+    keys, units = net.input_columns(n)
+    pairs = np.where(keys[:, None] >= 0, np.stack([keys, units], axis=1),
+                     np.stack([np.full_like(keys, -1), np.arange(keys.size)], axis=1))
+    uniq, cols = np.unique(pairs, axis=0, return_inverse=True)
+    factor = np.ones(len(uniq))
+    kept = np.ones(len(uniq), dtype=bool)
+    for j, (k, u) in enumerate(uniq):
+        if k in factors:
+            factor[j], kept[j] = factors[k][u], keep[k][u]
+    return np.asarray(cols).reshape(-1), factor, kept
+
+
+def _fit_dag(net: Network, method: str, keep, factors, changed, x, damp) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Every linear layer reading a changed value, fitted in topological order on the pruned network's own
+    activations with the unpruned network's pre-activation as target (the chain's rule, on a DAG); the units of a
+    group are removed from every producer and coupled conv of the group. A depthwise or grouped conv is not
+    refitted (its channels go with their groups); `none` folds the selection's factors into the readers."""
+    groups = {g.key: g for g in net.deps.prunable()}
+    shrunk = {p for k in changed for p in [*groups[k].producers, *groups[k].coupled]}
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if method == "none":
+        for n in net.linear_indices():
+            cols, factor, _ = _reader_units(net, n, keep, factors)
+            layer = net.layers[n]
+            if np.all(factor[cols] == 1) or getattr(layer, "group", 1) != 1:
+                continue
+            out[n] = (layer.weight * factor[cols].reshape((1, -1) + (1,) * (layer.weight.ndim - 2)),
+                      layer.bias.copy())
+        return out
+    ref = {INPUT: np.asarray(x, dtype=np.float64).reshape(-1, *net.input_shape)}
+    cur: dict[int, np.ndarray] = {}  # the pruned network's values that differ from the unpruned ones
+    last_use = {p: i for i in range(len(net.layers)) for p in net.inputs_of(i)}
+    layers = list(net.layers)
+    for i, layer in enumerate(net.layers):
+        ins = net.inputs_of(i)
+        ref[i] = _forward_many(layer, [ref[p] for p in ins])
+        if any(p in cur for p in ins):
+            source = ins[0]
+            if KINDS[layer.kind].linear and getattr(layer, "group", 1) == 1:
+                cols, factor, kept = _reader_units(net, i, keep, factors)
+                weight, bias, _ = _fit(method, layer, ref[source], cur[source], factor, kept, cols, damp, ref[i])
+                layers[i] = replace(layer, weight=weight, bias=bias)
+                out[i] = (weight, bias)
+            cur[i] = _forward_many(layers[i], [cur.get(p, ref[p]) for p in ins])
+        if i in shrunk:
+            base = cur.get(i, ref[i])
+            mask = net.output_keep(i, keep).astype(np.float64)
+            cur[i] = base * mask.reshape((1, -1) + (1,) * (base.ndim - 2))
+        for p in ins:  # only what later layers read stays in memory
+            if last_use.get(p) == i:
+                ref.pop(p, None)
+                cur.pop(p, None)
+    return out
+
+
+def _forward_many(layer, inputs: list[np.ndarray]) -> np.ndarray:
+    if len(inputs[0]) <= CHUNK:
+        return layer.forward(*inputs)
+    return np.concatenate([layer.forward(*(h[s:s + CHUNK] for h in inputs))
+                           for s in range(0, len(inputs[0]), CHUNK)])
+
+
 def unpruned_activations(net: Network, x: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per linear layer: (its input, its output) in the unpruned network on x, float64."""
     h = np.asarray(x, dtype=np.float64).reshape(-1, *net.input_shape)
     out = {}
     for i, layer in enumerate(net.layers):
         before, h = h, _forward(layer, h)
-        if layer.kind in LINEAR_KINDS:
+        if KINDS[layer.kind].linear:
             out[i] = (before, h)
     return out
 
@@ -175,7 +245,8 @@ def weight_gains(model: onnx.ModelProto, net: Network) -> dict[int, np.ndarray]:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     table = _TensorTable(probe.graph)
-    targets = net.linear_indices()[1:]
+    first = min(net.scored_indices(), default=len(net.layers))
+    targets = [n for n in net.linear_indices() if n > first]  # every layer a pruning upstream can change
     for n in targets:
         layer = net.layers[n]
         if len(layer.in_refs) != 1:
@@ -251,7 +322,7 @@ class Reconstructor:
         linear = [net.layers[i] for i in net.linear_indices()]
         size = len(self.x) * sum(int(np.prod(layer.in_shape)) + int(np.prod(layer.out_shape)) for layer in linear)
         self.unpruned = unpruned_activations(net, self.x) if method in ("auto", "bias", "scale", "lsq") \
-            and size <= CACHE_VALUES else None
+            and size <= CACHE_VALUES and net.is_chain() else None
         self._cache: OrderedDict = OrderedDict()
 
     def build(self, scales: dict[int, np.ndarray], keep: dict[int, np.ndarray] | None = None) -> Built:
@@ -260,6 +331,8 @@ class Reconstructor:
             self._cache.move_to_end(key)
             return self._cache[key]
         methods = METHODS if self.method == "auto" else (self.method,)
+        if self.method == "auto" and not self.net.is_chain():
+            methods = tuple(m for m in methods if m != "merge")  # merge pairs units within one layer
         best, seen = None, {}
         for method in methods:
             built = self._build(method, scales, keep)
@@ -316,8 +389,7 @@ def _fit(method: str, layer, ref: np.ndarray, cur: np.ndarray, factor: np.ndarra
     (`target`, when the caller has it)."""
     units = layer.units
     start = layer.weight * factor[cols].reshape((1, -1) + (1,) * (layer.weight.ndim - 2))  # the selection's
-    per_col = int(np.prod(layer.weight.shape[2:])) if layer.kind == "conv" else 1
-    owner = np.repeat(cols, per_col)  # the unit of `source` each feature (column or channel x window) belongs to
+    owner = np.repeat(cols, layer.per_column)  # the unit of `source` each feature (column or channel x window) belongs to
     kept = np.flatnonzero(keep[owner])
     rows, sum_x, sum_z, gram, cross, target = _statistics(layer, ref, cur, target)
     mean_x, mean_z = sum_x / rows, sum_z / rows
@@ -382,7 +454,7 @@ def _statistics(layer, ref: np.ndarray, cur: np.ndarray, target: np.ndarray | No
 
 def _design(layer, h: np.ndarray) -> np.ndarray:
     """The rows the layer multiplies by its weight: flat inputs, or a conv's im2col windows [N*P, C*K]."""
-    if layer.kind == "dense":
+    if isinstance(layer, Dense):
         return h.reshape(len(h), -1)
     cols = _gather_patches(h, layer.patches(), 0.0)  # [N, C, P, K]
     n, c, p, k = cols.shape
@@ -391,13 +463,13 @@ def _design(layer, h: np.ndarray) -> np.ndarray:
 
 def _rows(layer, z: np.ndarray) -> np.ndarray:
     """A layer's output [N, units(, oh, ow)] as rows [N(*P), units], the order of `_design`."""
-    if layer.kind == "dense":
+    if isinstance(layer, Dense):
         return z
     return z.reshape(len(z), layer.units, -1).transpose(0, 2, 1).reshape(-1, layer.units)
 
 
 def _unrows(layer, z: np.ndarray, n: int) -> np.ndarray:
-    if layer.kind == "dense":
+    if isinstance(layer, Dense):
         return z
     return z.reshape(n, -1, layer.units).transpose(0, 2, 1).reshape(n, *layer.out_shape)
 

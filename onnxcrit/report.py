@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .ir import Network
+from .ir import KINDS, Network
 from .rounding import SLOWER  # below this speed-up the written model counts as slower (noise)
 
 
@@ -37,7 +37,7 @@ def layer_rows(net: Network) -> list[dict[str, Any]]:
     for layer in net.layers:
         row = {"name": layer.name, "kind": layer.kind, "in_shape": list(layer.in_shape),
                "out_shape": list(layer.out_shape)}
-        if layer.kind in ("dense", "conv"):
+        if KINDS[layer.kind].linear:
             row.update(units_in=int(layer.in_shape[0]), units_out=layer.units, params=layer.params,
                        macs=layer.macs)
         rows.append(row)
@@ -123,7 +123,7 @@ def inspect_rows(models: list[tuple[str, onnx.ModelProto, Network]], console: Co
                       escape(row["input"].split(" ", 1)[-1]), str(row["layers"]), f"{row['prunable_units']:,}",
                       f"{row['params']:,}", f"{row['macs']:,}")
     console.print(table)
-    console.print("  layers: dense + conv; units: those of the prunable layers (all but the last); params: elements of "
+    console.print("  layers: dense + conv; units: those of the prunable channel groups; params: elements of "
                   "their tensors in the file", markup=False, soft_wrap=True)
 
 

@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass
 
 from .errors import ResourceError
-from .ir import Network
+from .ir import Conv, Network
 
 BYTES_PER_NONZERO = 50.0  # bytes of peak memory per nonzero of the largest layer matrix (tools/bench_memory.py)
 BASE_BYTES = 150_000_000  # the solver process's interpreter and libraries
@@ -47,7 +47,7 @@ def layer_nonzeros(net: Network) -> list[int]:
     out = []
     for k in net.linear_indices():
         layer = net.layers[k]
-        if layer.kind == "conv":
+        if isinstance(layer, Conv):
             out.append(int(layer.units * layer.weight.shape[1] * int((layer.patches() >= 0).sum())))
         else:
             out.append(int(layer.weight.size))

@@ -20,7 +20,7 @@ from .bounds import Bounds
 from .canonical import consumers, remove_dead_nodes
 from .errors import UnsupportedModelError
 from .frontend import to_network
-from .ir import Network, ParamRef
+from .ir import KINDS, Network, ParamRef
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def remove_units(model: onnx.ModelProto, net: Network, scales: dict[int, np.ndar
                 edit.keep_along(ref.axis, col_keep)
     reshape_targets: list[tuple[str, list[int]]] = []
     for pos, layer in enumerate(net.layers):
-        if layer.kind == "reshape" and layer.shape_node is not None:
+        if getattr(layer, "shape_node", None) is not None:
             kept_in = net.channel_keep(net.inputs_of(pos)[0], kept_any)
             if not kept_in.all():
                 reshape_targets.append((layer.shape_node, _resized_target(graph, table, net, pos, kept_in)))
@@ -150,11 +150,12 @@ def scales_from_keep(keep: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
 def bias_compensation(net: Network, x: np.ndarray, scales: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     """Bias shifts that stand in for the removed units: layer position -> shift of that layer's bias.
 
-    For every scored layer k with removed units, the next linear layer n gets the mean (over the samples x and,
-    for a conv n, over its output positions) of what the removed units sent into it. For a dense n this is
+    For every group k with removed units, every linear layer n reading them gets the mean (over the samples x
+    and, for a conv n, over its output positions) of what the removed units sent into it. For a dense n this is
     exactly mean activation times outgoing weights; for a conv n it is the best per-channel constant (borders
-    see zero padding, so it is an approximation there). Layers are processed in order, each on the network
-    already pruned and compensated upstream.
+    see zero padding, so it is an approximation there). A depthwise conv the group passes through loses the
+    same channels and gets nothing. Groups are processed in order, each on the network already pruned and
+    compensated upstream.
     """
     scales = _checked_scales(net, scales)
     work = net
@@ -163,15 +164,24 @@ def bias_compensation(net: Network, x: np.ndarray, scales: dict[int, np.ndarray]
         removed = scales[k] == 0
         if not removed.any():
             continue
-        n, cols, _ = _columns_of_next(net, k)
         upstream = {j: s for j, s in scales.items() if j < k}
-        h = work.activations(x, scales=upstream)[n - 1]
-        layer = work.layers[n]
-        mask = removed[cols].astype(np.float64).reshape((1, -1) + (1,) * (h.ndim - 2))
-        sent = replace(layer, bias=np.zeros_like(layer.bias)).forward(h * mask)
-        delta = sent.reshape(len(sent), layer.units, -1).mean(axis=(0, 2))
-        shifts[n] = shifts.get(n, 0.0) + delta
-        work = with_bias_shift(work, {n: delta})
+        acts = work.activations(x, scales=upstream)
+        coupled = net.group(k).coupled
+        step = {}
+        for n in net.linear_indices():
+            keys, units = net.input_columns(n)
+            cols = keys == k
+            if n in coupled or not cols.any():
+                continue
+            h = acts[net.inputs_of(n)[0]]
+            layer = work.layers[n]
+            mask = np.zeros(keys.size)
+            mask[cols] = removed[units[cols]]
+            silent = replace(layer, bias=np.zeros_like(layer.bias))
+            sent = silent.forward(h * mask.reshape((1, -1) + (1,) * (h.ndim - 2)))
+            step[n] = sent.reshape(len(sent), layer.units, -1).mean(axis=(0, 2))
+            shifts[n] = shifts.get(n, 0.0) + step[n]
+        work = with_bias_shift(work, step)
     return shifts
 
 
@@ -361,7 +371,7 @@ def _add_to_bias(graph: onnx.GraphProto, table: _TensorTable, net: Network, n: i
                  edits: dict[str, _Edit], extra_refs: dict[int, list[ParamRef]]) -> None:
     """Shift layer n's bias by delta (IR units), in whichever tensor holds it; create one if there is none."""
     layer = net.layers[n]
-    if layer.kind not in ("dense", "conv"):
+    if not KINDS[layer.kind].linear:
         raise ValueError(f"compensation for layer {n} ('{layer.name}'), which is not linear")
     if delta.size != layer.units:
         raise ValueError(f"compensation[{n}] has {delta.size} entries; layer '{layer.name}' has {layer.units}")

@@ -20,11 +20,11 @@ import numpy as np
 import onnx
 
 from . import measure, select
-from .ir import Network
+from .ir import Conv, Network
 from .rewrite import remove_units
 
 ROUNDINGS = (1, 4, 8, 16)  # what --round-to auto tries
-ROUNDED_KINDS = ("conv",)
+ROUNDED_KINDS = (Conv,)
 # candidates whose geometric-mean speed-ups differ by less than this fraction count as tied (less rounding wins):
 # a few percent is what repeated timings of one model differ by on a loaded machine
 TIE = 0.02

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ir import Network
+from .ir import Conv, Network
 
 
 @dataclass
@@ -37,10 +37,6 @@ def _kept_shape(net: Network, i: int, keep: dict[int, np.ndarray]) -> tuple[int,
     return int(net.output_keep(i, keep).sum()), int(net.input_keep(i, keep).sum())
 
 
-def _per_column(layer) -> int:
-    return int(np.prod(layer.weight.shape[2:])) if layer.kind == "conv" else 1
-
-
 def params_after(net: Network, keep: dict[int, np.ndarray]) -> int:
     """Weights and biases of the linear layers left when only the `keep` units of the groups stay."""
     total = 0
@@ -48,9 +44,9 @@ def params_after(net: Network, keep: dict[int, np.ndarray]) -> int:
         layer = net.layers[i]
         outs, ins = _kept_shape(net, i, keep)
         if getattr(layer, "group", 1) == 1:
-            total += outs * ins * _per_column(layer) + outs
+            total += outs * ins * layer.per_column + outs
         elif layer.depthwise:
-            total += outs * _per_column(layer) + outs
+            total += outs * layer.per_column + outs
         else:  # a grouped conv keeps every channel (its groups are frozen)
             total += layer.params
     return total
@@ -112,14 +108,7 @@ def magnitude(net: Network) -> dict[int, np.ndarray]:
             if not cols.any():
                 continue
             layer = net.layers[i]
-            w = np.abs(layer.weight)
-            if layer.kind == "dense":
-                per_col = w.sum(axis=0)
-            elif layer.depthwise:
-                per_col = w.reshape(layer.units, -1).sum(axis=1)
-            else:
-                per_col = w.sum(axis=(0, 2, 3))
-            np.add.at(outgoing, units[cols], per_col[cols])
+            np.add.at(outgoing, units[cols], layer.column_l1()[cols])
         out[g.key] = incoming * outgoing
     return out
 
@@ -218,11 +207,10 @@ def macs_after(net: Network, keep: dict[int, np.ndarray]) -> int:
     for i in net.linear_indices():
         layer = net.layers[i]
         outs, ins = _kept_shape(net, i, keep)
-        positions = int(np.prod(layer.out_hw)) if layer.kind == "conv" else 1
         if getattr(layer, "group", 1) == 1:
-            total += outs * ins * _per_column(layer) * positions
+            total += outs * ins * layer.per_column * layer.positions
         elif layer.depthwise:
-            total += outs * _per_column(layer) * positions
+            total += outs * layer.per_column * layer.positions
         else:
             total += layer.macs
     return total
@@ -256,7 +244,7 @@ def by_params(net: Network, scores: dict[int, np.ndarray], fraction: float,
 
 
 def round_up(net: Network, scores: dict[int, np.ndarray], scales: dict[int, np.ndarray], multiple: int,
-             rescaled: bool, kinds: tuple[str, ...] = ("conv",)) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+             rescaled: bool, kinds: tuple[type, ...] = (Conv,)) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Round every `kinds` layer's kept units up to a multiple of `multiple` (never above its unit count).
 
     onnxruntime runs convolutions in a blocked channel layout (NCHWc, 8 or 16 channels a block): a layer whose
@@ -277,7 +265,7 @@ def round_up(net: Network, scores: dict[int, np.ndarray], scales: dict[int, np.n
     order = removal_order(net, scores)
     for i in sorted(scales):
         layer = net.layers[i]
-        if layer.kind not in kinds:
+        if not isinstance(layer, kinds):
             continue
         count = int(keep[i].sum())
         target = min(-(-count // multiple) * multiple, layer.units)

@@ -175,8 +175,8 @@ def case_all_groups_frozen(d):
     return ["optimize", f"{grouped}.onnx", "--data", f"{grouped}_calib.npz", "-o", d / "out.onnx"]
 
 
-def case_decoupled_branching(d):
-    return [*_model_case(_residual_model)(d), "--mode", "decoupled"]
+def case_reconstruct_branching(d):
+    return [*_model_case(_residual_model)(d), "--reconstruct", "merge"]
 
 
 def _opset_model(opset):
@@ -197,7 +197,7 @@ CASES = {
     "two inputs": (_model_case(_two_inputs_model), 2, "2 inputs"),
     "no relu": (_model_case(lambda: mlp(relu=False)), 2, "no Relu"),
     "product of activations": (_model_case(_product_model), 2, "Mul node 'gate'"),
-    "decoupled on a residual net": (case_decoupled_branching, 2, "--mode decoupled needs a chain"),
+    "merge on a residual net": (case_reconstruct_branching, 2, "reconstruction 'merge' pairs a removed unit"),
     "every group kept whole": (case_all_groups_frozen, 2, "nothing to prune: every channel group is kept whole"),
     "external data missing": (case_missing_external_data, 2, "external data file 'x.onnx.data'"),
     "data file missing": (case_data_missing, 2, "no such file"),

@@ -62,3 +62,58 @@ def test_depthwise_group_attribute_follows_the_kept_channels():
     x, _ = _data(name, "eval")
     assert_same(run_batched(session(new), new_net.input_name, x[:32], [new_net.logits_name])[0],
                 net.forward(x[:32], scales=scales))
+
+
+@pytest.mark.parametrize("name", ["torch_legacy_resnet8", "torch_legacy_squeezenet_allconv",
+                                  "torch_dynamo_mobilenet_dwsep"])
+def test_decoupled_mode_has_one_block_per_group(name):
+    """Blocks end at merge points: one MIP per channel group, seen at its last ReLU-read producer or Add."""
+    path = BRANCHING / f"{name}.onnx"
+    net, _ = load_network(path)
+    result = optimize(path, _data(name, "calib"), mode="decoupled", target_params=0.8, measure_latency=False,
+                      round_to=1, workers=1)
+    report = result.report
+    assert report["mode"] == "decoupled"
+    assert [b["name"] for b in report["blocks"]] == [net.layers[k].name for k in net.scored_indices()]
+    assert [b["units"] for b in report["blocks"]] == [net.layers[k].units for k in net.scored_indices()]
+    assert sorted(result.scores) == net.scored_indices()
+    assert report["params_after"] <= 0.8 * report["params_before"] + 1e-9
+    x, _ = _data(name, "eval")
+    logits = run_batched(session(result.model), result.network.input_name, x[:64], [result.network.logits_name])[0]
+    assert_same(logits, net.forward(x[:64], scales=result.scales))
+
+
+def test_finetune_after_pruning_a_residual_net():
+    """onnx2torch takes the pruned DAG as it is: the fine-tuned file keeps the pruned graph and trains."""
+    name = "torch_legacy_resnet8"
+    path = BRANCHING / f"{name}.onnx"
+    result = optimize(path, _data(name, "calib"), eval_data=_data(name, "eval"), target_params=0.6,
+                      measure_latency=False, round_to=1, finetune_data=_data(name, "calib"), finetune_epochs=2)
+    tuned = result.report["finetune"]
+    assert tuned["epochs"] == 2 and len(tuned["losses"]) == 2
+    before = {t.name: list(t.dims) for t in load_network(path)[1].graph.initializer}
+    after = {t.name: list(t.dims) for t in result.model.graph.initializer}
+    assert after.keys() <= before.keys() and any(after[k] != before[k] for k in after)
+
+
+@pytest.mark.parametrize("name", ["torch_legacy_resnet_downsample", "torch_legacy_squeezenet_dense",
+                                  "torch_legacy_mobilenet_dwsep"])
+def test_bias_compensation_on_branching_graphs(name):
+    """Every layer reading a removed unit gets the mean of what it sent (a depthwise conv that loses the unit gets
+    nothing); the rewrite with the shifts equals the masked IR with the same shifts, and on the calibration data
+    the compensated network is closer to the original than the plain cut."""
+    from onnxcrit.rewrite import bias_compensation, with_bias_shift
+
+    net, model = load_network(BRANCHING / f"{name}.onnx")
+    x, _ = _data(name, "calib")
+    scales = {k: (np.arange(net.layers[k].units) % 4 != 1).astype(float) for k in net.scored_indices()}
+    shifts = bias_compensation(net, x, scales)
+    readers = {i for k in scales for i in net.linear_indices() if np.any(net.input_columns(i)[0] == k)
+               and i not in net.group(k).coupled}
+    assert set(shifts) == readers
+    new, new_net = remove_units(model, net, scales, compensation=shifts)
+    shifted = with_bias_shift(net, shifts)
+    assert_same(run_batched(session(new), new_net.input_name, x, [new_net.logits_name])[0],
+                shifted.forward(x, scales=scales))
+    full = net.forward(x)
+    assert np.abs(shifted.forward(x, scales=scales) - full).mean() < np.abs(net.forward(x, scales=scales) - full).mean()

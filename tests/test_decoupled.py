@@ -190,6 +190,19 @@ def test_auto_picks_full_for_small_models_and_decoupled_for_large():
     assert mode == "decoupled" and f"{AUTO_MACS:,}" in why
 
 
+def test_auto_goes_decoupled_when_the_bounds_leave_many_relus_unstable():
+    """Interval bounds widen with depth (and with eps): past AUTO_UNSTABLE unstable ReLU inputs the full problem
+    is not built. On the digits CNN eps 1e-5 leaves none; a box of +-0.5 around each image leaves most."""
+    from onnxcrit.decoupled import AUTO_UNSTABLE, unstable_inputs
+
+    net, x, _ = case("digits_cnn")
+    assert unstable_inputs(net, x[:10], 1e-5) == 0
+    assert choose_mode(net, 10, x, 1e-5)[0] == "full"
+    assert unstable_inputs(net, x[:200], 0.5) > AUTO_UNSTABLE
+    mode, why = choose_mode(net, 200, x, 0.5)
+    assert mode == "decoupled" and "unstable" in why and f"{AUTO_UNSTABLE:,}" in why
+
+
 def test_cli_mode_and_workers(tmp_path):
     cnn = MODELS / "digits_cnn.onnx"
     args = ["optimize", str(cnn), "--data", str(MODELS / "digits_cnn_calib.npz"), "--threshold", "0.1",

@@ -341,3 +341,45 @@ def test_options_and_flag():
         onnxcrit.optimize(MLP, ROOT / "models" / "digits_mlp_calib.npz", reconstruct="auto", measure_latency=False)
     res = CliRunner().invoke(main, ["optimize", "--help"])
     assert "--reconstruct" in res.output and "lsq" in res.output
+
+
+# branching graphs: every reader of a pruned group refitted, in topological order ---------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), blocks=st.lists(st.sampled_from(["basic", "down1", "down2", "fire", "dwsep",
+                                                                        "plain", "maxpool"]), min_size=1, max_size=3),
+       head=st.sampled_from(["gap", "dense"]), bias=st.sampled_from(["input", "add", "bn", "mixed"]),
+       method=st.sampled_from(["none", "bias", "scale", "lsq"]), data=st.data())
+def test_random_dags_are_written_as_reconstructed(seed, blocks, head, bias, method, data):
+    from .dag_builders import random_cnn, sample_inputs as dag_inputs
+
+    model = random_cnn(seed=seed, blocks=tuple(blocks), head=head, bias=bias)
+    net, model = load_network(model)
+    if not net.scored_indices():
+        return
+    x = dag_inputs(model, n=24, seed=seed)
+    assert_written_exactly(model, net, random_selection(net, data), x, method)
+
+
+@pytest.mark.parametrize("method", ["none", "bias", "scale", "lsq"])
+@pytest.mark.parametrize("name", ["torch_legacy_resnet8", "torch_legacy_mobilenet_dwsep", "keras3_fire"])
+def test_reconstructing_an_unpruned_dag_changes_nothing_and_lsq_repairs_a_pruned_one(name, method):
+    path = ROOT / "tests" / "data" / "branching" / f"{name}.onnx"
+    net, model = load_network(path)
+    x = np.load(str(path).replace(".onnx", "_calib.npz"))["x"]
+    ones = {k: np.ones(net.layers[k].units) for k in net.scored_indices()}
+    assert reconstruct(net, ones, x, method).layers == {}
+    if method != "lsq":
+        return
+    cut = {k: (np.arange(net.layers[k].units) % 3 != 0).astype(float) for k in net.scored_indices()}
+    recon, new, new_net = assert_written_exactly(model, net, cut, x, "lsq")
+    full = net.forward(x)
+    fitted = recon.network(net).forward(x, scales=recon.scales())
+    assert np.abs(fitted - full).mean() < 0.5 * np.abs(net.forward(x, scales=cut) - full).mean()
+
+
+def test_merge_needs_a_chain():
+    net, model = load_network(ROOT / "tests" / "data" / "branching" / "torch_legacy_resnet8.onnx")
+    cut = {k: (np.arange(net.layers[k].units) % 3 != 0).astype(float) for k in net.scored_indices()}
+    with pytest.raises(onnxcrit.errors.UnsupportedModelError, match="merge.*needs a chain"):
+        reconstruct(net, cut, None, "merge")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..bounds import Bounds, interval_bounds
-from ..ir import INPUT
+from ..ir import INPUT, KINDS, Add
 from .base import Context, Expr, ProblemBuilder, widen
 from .conv import build_conv
 from .dense import build_dense
@@ -81,15 +81,15 @@ def score_points(net) -> set[int]:
     for g in net.deps.prunable():
         points.update(g.producers)
         points.update(g.coupled)
-        points.update(p for p in g.values if p >= 0 and net.layers[p].kind == "add")
+        points.update(p for p in g.values if p >= 0 and isinstance(net.layers[p], Add))
     return points
 
 
 def _score_applied_later(net, i: int) -> bool:
     """A ReLU reads layer i (it applies the score), or only residual Adds do (the score applies after them)."""
     readers = net.consumers_of(i)
-    return bool(readers) and (any(net.layers[j].kind == "relu" for j in readers) or
-                              all(net.layers[j].kind == "add" for j in readers))
+    return bool(readers) and (any(KINDS[net.layers[j].kind].activation for j in readers) or
+                              all(isinstance(net.layers[j], Add) for j in readers))
 
 
 def build_problem(net, x: np.ndarray, y: np.ndarray, *, eps: float = 1e-5, lam: float = 5.0,

@@ -63,8 +63,10 @@ class Network:
         return [j for j, ins in enumerate(self._inputs) if i in ins]
 
     def is_chain(self) -> bool:
-        """Every layer reads the one before it and nothing else."""
-        return all(ins == (i - 1,) for i, ins in enumerate(self._inputs))
+        """Every layer reads the one before it and nothing else, and every prunable unit belongs to one layer (no
+        depthwise conv carries it on): what the passes that refit "the next layer" need."""
+        return all(ins == (i - 1,) for i, ins in enumerate(self._inputs)) and \
+            all(len(g.producers) == 1 and not g.coupled for g in self.deps.prunable())
 
     @property
     def deps(self) -> Dependencies:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .kinds import KINDS
+from .kinds import KINDS, Add, Concat, Reshape
 
 INPUT = -1  # the position standing for the network's input
 
@@ -45,12 +45,10 @@ class Group:
     coupled: dict[int, np.ndarray] = field(default_factory=dict)
     values: dict[int, list[list[int]]] = field(default_factory=dict)
     frozen: str | None = None  # why the group is kept whole; None when it can be pruned
-
-    @property
-    def homogeneous(self) -> bool:
-        """A kept unit's positive factor can be folded into the weights that read it (no coupled conv, whose
-        bias would not scale with it); otherwise kept units are deployed at full strength."""
-        return not self.coupled
+    # a kept unit's positive factor can be folded into the weights that read it: every layer the units pass
+    # through between their producers and their readers is positively homogeneous (a coupled depthwise conv is
+    # not: its bias does not scale); otherwise kept units are deployed at full strength
+    homogeneous: bool = True
 
 
 @dataclass
@@ -149,15 +147,15 @@ def dependencies(net) -> Dependencies:
                 why = f"grouped convolution '{layer.name}' (group {group})"
                 freeze(ins[0], why)
                 freeze(i, why)
-        elif kind.per_channel or layer.kind == "add":
+        elif kind.per_channel or isinstance(layer, Add):
             for p in ins:
                 join(p, i)
-        elif layer.kind == "concat":
+        elif isinstance(layer, Concat):
             offset = 0
             for p in ins:
                 join(i, p, np.arange(offset, offset + count[p]))
                 offset += count[p]
-        elif layer.kind == "reshape":
+        elif isinstance(layer, Reshape):
             owner = _reshape_owner(layer.in_shape, layer.out_shape)
             if owner is None:
                 why = f"reshape '{layer.name}' {list(layer.in_shape)} -> {list(layer.out_shape)} mixes channels"
@@ -209,9 +207,11 @@ def dependencies(net) -> Dependencies:
         values = {p: [chans[u] for u in order] for p, chans in values.items()}
         members = sorted(set().union(*(coupled.get(s, set()) for unit in units for s in unit)))
         one = {p: np.array([ch[0] if ch else -1 for ch in values[p]], dtype=np.int64) for p in [*made, *members]}
+        passes = [p for p in values if p >= 0 and p not in made]
+        homogeneous = all(KINDS[layers[p].kind].positively_homogeneous for p in passes)
         groups.append(Group(key=key, units=len(units), producers={p: one[p] for p in made},
                             coupled={p: one[p] for p in members}, values=values,
-                            frozen=reasons[0] if reasons else None))
+                            frozen=reasons[0] if reasons else None, homogeneous=homogeneous))
     groups.sort(key=lambda g: g.key)
 
     owners = {p: (np.full(count[p], -1, dtype=np.int64), np.full(count[p], -1, dtype=np.int64)) for p in base}

@@ -89,6 +89,14 @@ class Dense:
     def out_shape(self) -> tuple[int, ...]:
         return (self.units,)
 
+    per_column = 1  # weights per (unit, input column) pair
+    positions = 1  # output positions per unit
+    depthwise = False
+
+    def column_l1(self) -> np.ndarray:
+        """L1 norm of the weights reading each input column."""
+        return np.abs(self.weight).sum(axis=0)
+
     @property
     def params(self) -> int:
         return int(self.weight.size + self.bias.size)
@@ -143,6 +151,26 @@ class Conv:
     @property
     def out_shape(self) -> tuple[int, ...]:
         return (self.units, *self.out_hw)
+
+    def column_l1(self) -> np.ndarray:
+        """L1 norm of the weights reading each input channel (a depthwise conv reads channel c with row c)."""
+        w = np.abs(self.weight)
+        if self.depthwise:
+            return w.reshape(self.units, -1).sum(axis=1)
+        if self.group == 1:
+            return w.sum(axis=(0, 2, 3))
+        g = self.group  # output o reads the channels of its group
+        return w.reshape(g, self.units // g, *w.shape[1:]).sum(axis=(1, 3, 4)).reshape(-1)
+
+    @property
+    def per_column(self) -> int:
+        """Weights per (unit, input channel) pair: the kernel's elements."""
+        return int(np.prod(self.weight.shape[2:]))
+
+    @property
+    def positions(self) -> int:
+        """Output positions per unit."""
+        return int(np.prod(self.out_hw))
 
     @property
     def params(self) -> int:
@@ -404,6 +432,7 @@ class Kind:
     """
 
     linear: bool = False
+    activation: bool = False  # the ReLU: where a group's score applies in the MIP
     per_channel: bool = False
     merge: bool = False
     monotone: bool = True
@@ -414,7 +443,7 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "dense": Kind(linear=True, monotone=False, positively_homogeneous=False),
     "conv": Kind(linear=True, monotone=False, positively_homogeneous=False),
-    "relu": Kind(per_channel=True),
+    "relu": Kind(per_channel=True, activation=True),
     "maxpool": Kind(per_channel=True),
     "avgpool": Kind(per_channel=True),
     "reshape": Kind(),
