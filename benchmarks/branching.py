@@ -682,7 +682,7 @@ def onnxcrit_cached(name: str, info: dict, options: dict, memory_gb: float, fres
     import hashlib
     import pickle
 
-    key = json.dumps([options, memory_gb, os.path.getmtime(info["onnx"])], sort_keys=True)
+    key = json.dumps([options, memory_gb, os.path.getmtime(info["onnx"]), onnxcrit_digest()], sort_keys=True)
     path = _path(name, f"onnxcrit_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pkl")
     if os.path.exists(path) and not fresh:
         with open(path, "rb") as f:
@@ -697,6 +697,21 @@ def onnxcrit_cached(name: str, info: dict, options: dict, memory_gb: float, fres
         pickle.dump(run, f)
     os.replace(path + ".tmp", path)
     return run, False
+
+
+def onnxcrit_digest() -> str:
+    """A digest of the onnxcrit package's source: a cached answer is only reused by the code that made it."""
+    import hashlib
+
+    import onnxcrit
+
+    root = os.path.dirname(os.path.abspath(onnxcrit.__file__))
+    h = hashlib.sha1()
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(folder, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    return h.hexdigest()[:12]
 
 
 def plain(value):
