@@ -702,10 +702,9 @@ def onnxcrit_cached(name: str, info: dict, options: dict, memory_gb: float, fres
 def onnxcrit_digest() -> str:
     """A digest of the onnxcrit package's source: a cached answer is only reused by the code that made it."""
     import hashlib
+    from importlib.util import find_spec
 
-    import onnxcrit
-
-    root = os.path.dirname(os.path.abspath(onnxcrit.__file__))
+    root = os.path.dirname(os.path.abspath(find_spec("onnxcrit").origin))
     h = hashlib.sha1()
     for folder, _, files in sorted(os.walk(root)):
         for name in sorted(f for f in files if f.endswith(".py")):
