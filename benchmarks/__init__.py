@@ -11,6 +11,8 @@ and quoted in docs/benchmarks.md:
 - cross_dataset: a MNIST mask retrained on KMNIST (the "lucky sub-network" test; needs torch)
 - vgg: decoupled mode on VGG-11 / 4-class CIFAR-10 and LeNet-5 (needs torch)
 - compression: every criterion with the same reconstruction and its own confirmed budget search (~30 min)
+- branching: ResNet-20 and a fire-module net (residual Add, channel Concat) on MNIST and 4-class CIFAR-10 against
+  L1 and Torch-Pruning's magnitude criterion (needs torch and the bench extra)
 - tp_importance: self-test of the Torch-Pruning baseline (needs the bench extra)
 
 Shared pieces: models (data, the MNIST models, the training loop), methods (the baseline criteria, measured

@@ -106,3 +106,30 @@ def test_latency_benchmark_candidates_are_the_products():
     for c in theirs:
         for k in [c.round_to, *c.same_as]:
             assert ours[k].model.SerializeToString() == c.model.SerializeToString()
+
+
+def test_branching_groups_match_onnxcrits_and_removal_matches_masking(tmp_path):
+    """benchmarks/branching.py: Torch-Pruning's channel groups map one to one onto onnxcrit's group keys through
+    the exporter's node names, and both removals (onnxcrit's rewrite, Torch-Pruning's) compute the masked model."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch_pruning")
+    from benchmarks import branching
+
+    assert branching.onnx_name("layer1.0.conv1") == "/layer1/layer1.0/conv1/Conv"
+    assert branching.onnx_name("layer2.0.shortcut.0") == "/layer2/layer2.0/shortcut/shortcut.0/Conv"
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((4, 1, 28, 28)).astype(np.float32)
+    for name, count, joined in (("resnet20_mnist", 12, 3), ("firenet_mnist", 13, 0)):
+        model = branching.build(name).eval()
+        for m in model.modules():  # distinct BatchNorm statistics: no folded constants the exporter would share
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.1, 0.1)
+        example = torch.from_numpy(x[:1])
+        groups = branching.Groups(model, example)
+        assert len(groups) == count and sum(len(p) > 1 for p in groups.producers) == joined
+        path = str(tmp_path / f"{name}.onnx")
+        branching.export(model, example, path)
+        for backend in (branching.TorchBackend(model, groups, example), branching.OnnxBackend(path, groups)):
+            assert branching.check_backend(backend, model, groups, x) < 1e-4, (name, backend.kind)
