@@ -22,6 +22,7 @@ from onnxcrit.validate import run_tensors
 
 from .corpus import ROOT
 from .dag_builders import BIASES, BLOCKS, concat_depthwise_cnn, grouped_cnn, random_cnn, random_mlp, sample_inputs
+from .test_rewrite import random_scales
 
 BRANCHING_DIR = ROOT / "tests" / "data" / "branching"
 BRANCHING = sorted(BRANCHING_DIR.glob("*.onnx"))
@@ -76,18 +77,6 @@ def groups_by_index(model, net) -> list[set[int]]:
                   key=min)
 
 
-def random_scales(net, data, positive):
-    """Per group: a random keep mask with at least one kept unit; kept units scaled by a random positive factor
-    (positive=True) or by 1."""
-    scales = {}
-    for k in net.scored_indices():
-        units = net.layers[k].units
-        keep = np.array(data.draw(st.lists(st.booleans(), min_size=units, max_size=units)))
-        keep[data.draw(st.integers(0, units - 1))] = True
-        factor = np.array(data.draw(st.lists(st.floats(0.25, 4.0), min_size=units, max_size=units))) \
-            if positive else np.ones(units)
-        scales[k] = np.where(keep, factor, 0.0)
-    return scales
 
 
 def check_rewrite(model, net, scales, x):
