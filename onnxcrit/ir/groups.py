@@ -197,15 +197,14 @@ def dependencies(net) -> Dependencies:
             for s in unit:
                 p, c = where[s]
                 values.setdefault(p, [[] for _ in units])[u].append(c)
-        bad = [p for p, chans in values.items() if (p in made or any(p in coupled.get(s, ()) for unit in units
-                                                                     for s in unit)) and any(len(ch) != 1 for ch in chans)]
+        members = sorted(set().union(*(coupled.get(s, set()) for unit in units for s in unit)))
+        bad = [p for p in [*made, *members] if any(len(ch) != 1 for ch in values[p])]
         if bad:
             reasons.append(f"'{layers[bad[0]].name}' feeds itself through a merge")
         # the units in the key layer's channel order
         order = sorted(range(len(units)), key=lambda u: min(values[key][u]) if values[key][u] else -1)
         units = [units[u] for u in order]
         values = {p: [chans[u] for u in order] for p, chans in values.items()}
-        members = sorted(set().union(*(coupled.get(s, set()) for unit in units for s in unit)))
         one = {p: np.array([ch[0] if ch else -1 for ch in values[p]], dtype=np.int64) for p in [*made, *members]}
         passes = [p for p in values if p >= 0 and p not in made]
         homogeneous = all(KINDS[layers[p].kind].positively_homogeneous for p in passes)
