@@ -263,6 +263,8 @@ def train(name: str, paths: dict, epochs: int, seed: int = 0, cap: float = TRAIN
     import torch
     import torch.nn.functional as F
 
+    from .vgg import crop_flip
+
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     x, y = (torch.from_numpy(a) for a in load(paths["train"]))
@@ -279,13 +281,7 @@ def train(name: str, paths: dict, epochs: int, seed: int = 0, cap: float = TRAIN
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), 64):
             b = perm[i:i + 64]
-            xb = x[b]
-            if cifar:
-                xb = F.pad(xb, (4, 4, 4, 4))
-                dx, dy = torch.randint(0, 9, (2,), generator=gen).tolist()
-                xb = xb[:, :, dy:dy + 32, dx:dx + 32]
-                if torch.rand(1, generator=gen).item() < 0.5:
-                    xb = xb.flip(3)
+            xb = crop_flip(x[b], gen) if cifar else x[b]
             opt.zero_grad()
             F.cross_entropy(model(xb.contiguous(memory_format=torch.channels_last)), y[b]).backward()
             opt.step()

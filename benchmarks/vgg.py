@@ -78,6 +78,20 @@ def _export(model, example, path: str) -> None:
     os.replace(tmp, path)
 
 
+def crop_flip(xb, gen):
+    """CIFAR augmentation of a batch [N, C, 32, 32]: random crop after padding 4, horizontal flip half the time
+    (one draw per batch from the torch generator `gen`)."""
+    import torch
+    import torch.nn.functional as F
+
+    xb = F.pad(xb, (4, 4, 4, 4))
+    dx, dy = torch.randint(0, 9, (2,), generator=gen).tolist()
+    xb = xb[:, :, dy:dy + 32, dx:dx + 32]
+    if torch.rand(1, generator=gen).item() < 0.5:
+        xb = xb.flip(3)
+    return xb
+
+
 def vgg11_onnx(path: str, train_npz: str, epochs: int = 8, seed: int = 0, threads: int = 1) -> dict:
     """Train VGG-11 (BatchNorm) on the training split with light augmentation; export with the legacy exporter."""
     import torch
@@ -107,11 +121,7 @@ def vgg11_onnx(path: str, train_npz: str, epochs: int = 8, seed: int = 0, thread
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), 64):
             b = perm[i:i + 64]
-            xb = F.pad(x[b], (4, 4, 4, 4))  # random crop (pad 4) and horizontal flip
-            dx, dy = torch.randint(0, 9, (2,), generator=gen).tolist()
-            xb = xb[:, :, dy:dy + 32, dx:dx + 32]
-            if torch.rand(1, generator=gen).item() < 0.5:
-                xb = xb.flip(3)
+            xb = crop_flip(x[b], gen)
             opt.zero_grad()
             F.cross_entropy(model(xb.contiguous(memory_format=torch.channels_last)), y[b]).backward()
             opt.step()
