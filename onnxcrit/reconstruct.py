@@ -100,7 +100,7 @@ def reconstruct(net: Network, scales: dict[int, np.ndarray], x: np.ndarray | Non
     for i, layer in enumerate(net.layers):
         cached = unpruned[i] if unpruned is not None and i in unpruned else None
         if cur is not None and KINDS[layer.kind].linear:  # something upstream changed: fit this layer
-            n, cols, _ = _columns_of_next(net, previous)
+            n, cols = _columns_of_next(net, previous)
             assert n == i
             units = layers[previous].units
             weight, bias, target = _fit(method, layer, cached[0] if cached else ref, cur,
@@ -203,7 +203,7 @@ def _data_free(net: Network, method: str, keep, factors, changed) -> dict[int, t
     layers = list(net.layers)
     out = {}
     for k in sorted(changed):
-        n, cols, _ = _columns_of_next(net, k)
+        n, cols = _columns_of_next(net, k)
         layer = net.layers[n]
         weight = layer.weight * factors[k][cols].reshape((1, -1) + (1,) * (layer.weight.ndim - 2))
         if method == "merge":

@@ -198,9 +198,9 @@ def with_bias_shift(net: Network, shifts: dict[int, np.ndarray] | None) -> Netwo
 # ---------------------------------------------------------------------------------------------------------
 # which columns of the next layer a unit feeds (from the IR shapes only)
 
-def _columns_of_next(net: Network, k: int) -> tuple[int, np.ndarray, list]:
-    """(n, unit of group k owning each input column of n, []) for a group read by one linear layer n only (a
-    chain); the compensation and reconstruction passes that fit "the next layer" use it."""
+def _columns_of_next(net: Network, k: int) -> tuple[int, np.ndarray]:
+    """(n, unit of group k owning each input column of n) for a group read by one linear layer n only (a chain);
+    the chain reconstruction passes that fit "the next layer" use it."""
     readers = [i for i in net.linear_indices() if np.any(net.input_columns(i)[0] == k)]
     if len(readers) != 1:
         names = ", ".join(f"'{net.layers[i].name}'" for i in readers)
@@ -211,7 +211,7 @@ def _columns_of_next(net: Network, k: int) -> tuple[int, np.ndarray, list]:
     if np.any(keys != k):
         raise UnsupportedModelError(f"layer '{net.layers[n].name}' reads units of several groups; refitting the "
                                     "next layer needs a chain")
-    return n, np.ascontiguousarray(units), []
+    return n, np.ascontiguousarray(units)
 
 
 def _checked_keep(scales: dict[int, np.ndarray], keep: dict[int, np.ndarray] | None) -> dict[int, np.ndarray]:
