@@ -43,9 +43,11 @@ RANDOM_SEEDS = 5
 # data and models (torch only here, never in onnxcrit's core)
 
 
-def cifar_split(seed: int = 0) -> dict[str, str]:
-    """3,200 / 800 stratified split of the 4-class file, normalised NCHW float32, cached as .npz."""
-    paths = {k: os.path.join(CACHE, f"bench_vgg_cifar4_{k}.npz") for k in ("train", "eval")}
+def cifar_split(seed: int = 0, held_per_class: int = 200) -> dict[str, str]:
+    """Stratified split of the 4-class file (default 3,200 / 800: 200 images per class held out), normalised
+    NCHW float32 with the training part's statistics, cached as .npz."""
+    tag = "" if held_per_class == 200 else f"_h{4 * held_per_class}"
+    paths = {k: os.path.join(CACHE, f"bench_vgg_cifar4{tag}_{k}.npz") for k in ("train", "eval")}
     if all(os.path.exists(p) for p in paths.values()):
         return paths
     d = np.load(os.path.join(DATA, "cifar10_test_4class.npz"))
@@ -55,8 +57,8 @@ def cifar_split(seed: int = 0) -> dict[str, str]:
     train, held = [], []
     for c in range(len(CIFAR_CLASSES)):
         idx = rng.permutation(np.flatnonzero(y == c))
-        held.append(idx[:200])
-        train.append(idx[200:])
+        held.append(idx[:held_per_class])
+        train.append(idx[held_per_class:])
     train, held = np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
     mean = x[train].mean(axis=(0, 1, 2))
     std = x[train].std(axis=(0, 1, 2))

@@ -113,7 +113,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     timings: dict[str, float] = {}
     loaded = _load(model, data, eval_data, progress, timings)
     plan = _plan(opts, loaded, progress)
-    opts = _resolve_reconstruct(opts, plan, loaded.net)
+    opts = _resolve_reconstruct(opts)
     # candidates are measured by onnxruntime on the rewritten model; the original's accuracy once per run
     # with --reconstruct every candidate (measured, confirmed, rounded, written) is rewritten with its reconstruction
     compare_on = [loaded.evald]  # what --reconstruct auto compares on: the part of --eval-data the search sees
@@ -214,14 +214,12 @@ def _plan(opts: Options, loaded: _Loaded, progress) -> _Plan:
     return _Plan(rule, threshold, max_drop, by_default, mode, reason, workers, rescale)
 
 
-def _resolve_reconstruct(opts: Options, plan: _Plan, net) -> Options:
-    """The default reconstruction (reconstruct None): DEFAULT_RECONSTRUCT in full mode without --compensate-bias;
-    none in decoupled mode (the least-squares fits of a VGG-size network cost minutes per candidate:
-    docs/method.md) and with bias compensation."""
+def _resolve_reconstruct(opts: Options) -> Options:
+    """The default reconstruction (reconstruct None): DEFAULT_RECONSTRUCT, in full and decoupled mode alike;
+    none with --compensate-bias (which is the older, cruder form of the same correction)."""
     if opts.reconstruct is not None:
         return opts
-    applies = plan.mode == "full" and not opts.compensation
-    return replace(opts, reconstruct=DEFAULT_RECONSTRUCT if applies else "none")
+    return replace(opts, reconstruct="none" if opts.compensation else DEFAULT_RECONSTRUCT)
 
 
 def _largest_build(opts: Options, loaded: _Loaded) -> int:

@@ -197,8 +197,8 @@ def _writable_file(path: Path | None, what: str) -> None:
 @click.option("--compensate-bias", is_flag=True, help="Fold removed units' mean activation into the next bias.")
 @click.option("--reconstruct", type=click.Choice(RECONSTRUCTIONS), default=DEFAULTS.reconstruct,
               help="Refit the next layer after removal, for every candidate measured: bias, per-unit scales, ridge "
-              "least squares of its weights, data-free merging, none, or auto (the most accurate) [default: lsq in "
-              "full mode, none in decoupled mode].")
+              "least squares of its weights, data-free merging, none, or auto (the most accurate) [default: lsq; "
+              "none with --compensate-bias].")
 @click.option("--rescale/--no-rescale", default=None,
               help="Kept units at their score or full strength [default: the more accurate under a budget, "
               "else score].")

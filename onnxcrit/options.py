@@ -52,7 +52,7 @@ class Options:
     rescale: bool | None = None  # kept units at their score (True), full strength (False), or the better
     compensation: bool = False  # fold removed units' mean activation into the next bias
     # refit the next layers after removal (reconstruct.py), for every candidate measured; None (the default):
-    # DEFAULT_RECONSTRUCT where it applies (full mode, no --compensate-bias), else none (docs/method.md)
+    # DEFAULT_RECONSTRUCT, or none with --compensate-bias (docs/method.md)
     reconstruct: str | None = None
     # deployment
     round_to: int | str = "auto"  # conv channels kept in multiples of this; auto: the fastest measured

@@ -48,7 +48,7 @@ MAX_ELEMENTS = 1 << 24  # ... and at most this many activation values per layer 
 CHUNK = 256  # images per forward / Gram step
 MERGE_MIN_COSINE = 0.0  # merge a removed unit only into a kept one at least this similar
 CACHE = 8  # builds the Reconstructor remembers (the search measures a candidate, then rounds and writes it)
-CACHE_VALUES = 1 << 25  # the Reconstructor keeps the unpruned activations when they are at most this many values
+CACHE_VALUES = 1 << 26  # the Reconstructor keeps the unpruned pre-activations when they are at most this many values
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Reconstruction:
 
 def reconstruct(net: Network, scales: dict[int, np.ndarray], x: np.ndarray | None, method: str = "lsq", *,
                 keep: dict[int, np.ndarray] | None = None, damp: float = DAMP,
-                unpruned: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> Reconstruction:
+                unpruned: dict[int, np.ndarray] | None = None) -> Reconstruction:
     """Fit the layers after the scored layers of `scales` (a selection: 0 removes a unit, a positive factor
     scales it) on the inputs x, by `method` (one of METHODS; none and merge use no data, x may be None). keep:
     the units that stay in the graph (default scale > 0; `select.round_up` keeps some at scale 0). unpruned:
@@ -98,18 +98,17 @@ def reconstruct(net: Network, scales: dict[int, np.ndarray], x: np.ndarray | Non
     cur = None  # the pruned network's activations, from the first change on
     previous, scored = None, set(net.scored_indices())  # previous: the last scored layer passed
     for i, layer in enumerate(net.layers):
-        cached = unpruned[i] if unpruned is not None and i in unpruned else None
+        cached = unpruned.get(i) if unpruned is not None else None
         if cur is not None and KINDS[layer.kind].linear:  # something upstream changed: fit this layer
             n, cols = _columns_of_next(net, previous)
             assert n == i
             units = layers[previous].units
-            weight, bias, target = _fit(method, layer, cached[0] if cached else ref, cur,
-                                        factors.get(previous, np.ones(units)),
-                                        keep.get(previous, np.ones(units, dtype=bool)), cols, damp,
-                                        cached[1] if cached else None)
+            kept_units = keep.get(previous, np.ones(units, dtype=bool))
+            weight, bias, target = _fit(method, layer, ref, cur, factors.get(previous, np.ones(units)),
+                                        kept_units, cols, damp, cached)
             layers[i] = replace(layer, weight=weight, bias=bias)
             out[i] = (weight, bias)
-            cur = _forward(layers[i], cur)
+            cur = _forward_columns(layers[i], cur, np.flatnonzero(kept_units[cols]))
             ref = None if unpruned is not None else target
         else:
             ref = None if unpruned is not None else _forward(layer, ref)
@@ -117,7 +116,7 @@ def reconstruct(net: Network, scales: dict[int, np.ndarray], x: np.ndarray | Non
         if i in scored:
             previous = i
         if i in scales and (cur is not None or i in changed):
-            base = cur if cur is not None else (cached[1] if cached else ref)
+            base = cur if cur is not None else (cached if cached is not None else ref)
             cur = base * keep[i].astype(np.float64).reshape((1, -1) + (1,) * (base.ndim - 2))
     return Reconstruction(method=method, keep=keep, layers=out)
 
@@ -187,14 +186,14 @@ def _forward_many(layer, inputs: list[np.ndarray]) -> np.ndarray:
                            for s in range(0, len(inputs[0]), CHUNK)])
 
 
-def unpruned_activations(net: Network, x: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per linear layer: (its input, its output) in the unpruned network on x, float64."""
+def unpruned_activations(net: Network, x: np.ndarray) -> dict[int, np.ndarray]:
+    """Per linear layer: its output (the pre-activation a fit targets) in the unpruned network on x, float64."""
     h = np.asarray(x, dtype=np.float64).reshape(-1, *net.input_shape)
     out = {}
     for i, layer in enumerate(net.layers):
-        before, h = h, _forward(layer, h)
+        h = _forward(layer, h)
         if KINDS[layer.kind].linear:
-            out[i] = (before, h)
+            out[i] = h
     return out
 
 
@@ -320,7 +319,7 @@ class Reconstructor:
         self.gains = weight_gains(model, net) if method != "none" else {}
         # the unpruned network's activations are the same for every selection: kept when they are small enough
         linear = [net.layers[i] for i in net.linear_indices()]
-        size = len(self.x) * sum(int(np.prod(layer.in_shape)) + int(np.prod(layer.out_shape)) for layer in linear)
+        size = len(self.x) * sum(int(np.prod(layer.out_shape)) for layer in linear)
         self.unpruned = unpruned_activations(net, self.x) if method in ("auto", "bias", "scale", "lsq") \
             and size <= CACHE_VALUES and net.is_chain() else None
         self._cache: OrderedDict = OrderedDict()
@@ -391,7 +390,8 @@ def _fit(method: str, layer, ref: np.ndarray, cur: np.ndarray, factor: np.ndarra
     start = layer.weight * factor[cols].reshape((1, -1) + (1,) * (layer.weight.ndim - 2))  # the selection's
     owner = np.repeat(cols, layer.per_column)  # the unit of `source` each feature (column or channel x window) belongs to
     kept = np.flatnonzero(keep[owner])
-    rows, sum_x, sum_z, gram, cross, target = _statistics(layer, ref, cur, target)
+    # every statistic over the kept features only: a removed feature's weights are 0 whatever the method
+    rows, sum_x, sum_z, gram, cross, target = _statistics(layer, ref, cur, target, np.flatnonzero(keep[cols]))
     mean_x, mean_z = sum_x / rows, sum_z / rows
     gram = gram - rows * np.outer(mean_x, mean_x)  # centred: the bias absorbs the means
     cross = cross - rows * np.outer(mean_z, mean_x)
@@ -399,10 +399,9 @@ def _fit(method: str, layer, ref: np.ndarray, cur: np.ndarray, factor: np.ndarra
     if method == "bias":
         w = w0
     elif method == "lsq":
-        g = gram[np.ix_(kept, kept)]
-        lam = _damping(g, damp)
+        lam = _damping(gram, damp)
         w = np.zeros_like(w0)
-        w[:, kept] = np.linalg.solve(g + lam * np.eye(len(kept)), (cross[:, kept] + lam * w0[:, kept]).T).T
+        w[:, kept] = np.linalg.solve(gram + lam * np.eye(len(kept)), (cross + lam * w0[:, kept]).T).T
     elif method == "scale":
         members = np.flatnonzero(keep)
         where = np.searchsorted(members, owner[kept])  # position of each kept feature's unit among the kept units
@@ -411,15 +410,15 @@ def _fit(method: str, layer, ref: np.ndarray, cur: np.ndarray, factor: np.ndarra
         wk = w0[:, kept]
         # unit j's contribution to output o is sum over its features c of w0[o, c] x[c]: the normal equations
         # of the per-unit factors are the block sums of (X'X) * (W'W) and of w0 * (Z'X)
-        a_mat = onehot.T @ ((gram[np.ix_(kept, kept)] * (wk.T @ wk)) @ onehot)
-        rhs = onehot.T @ np.sum(wk * cross[:, kept], axis=0)
+        a_mat = onehot.T @ ((gram * (wk.T @ wk)) @ onehot)
+        rhs = onehot.T @ np.sum(wk * cross, axis=0)
         lam = _damping(a_mat, damp)
         a = np.linalg.solve(a_mat + lam * np.eye(len(members)), rhs + lam)
         w = w0.copy()
         w[:, kept] = wk * a[where][None, :]
     else:
         raise ValueError(f"unknown reconstruction {method!r}")
-    bias = mean_z - w @ mean_x
+    bias = mean_z - w[:, kept] @ mean_x
     return w.reshape(layer.weight.shape), bias, target
 
 
@@ -428,17 +427,19 @@ def _damping(gram: np.ndarray, damp: float) -> float:
     return lam if lam > 0 else 1.0  # inputs that never vary: any positive damping keeps the start weights
 
 
-def _statistics(layer, ref: np.ndarray, cur: np.ndarray, target: np.ndarray | None = None):
-    """Over the rows of the linear map (images, and output positions of a conv): the count, the sums of the
-    pruned inputs x and of the unpruned pre-activation z, X'X, Z'X; and z itself (`target` when given), as the
-    layer's output."""
-    features = int(np.prod(layer.weight.shape[1:]))
-    w = layer.weight.reshape(layer.units, features)
+def _statistics(layer, ref: np.ndarray, cur: np.ndarray, target: np.ndarray | None, columns: np.ndarray):
+    """Over the rows of the linear map (images, and output positions of a conv), on the features of the input
+    `columns` (channels of a conv) only: the count, the sums of the pruned inputs x and of the unpruned
+    pre-activation z, X'X, Z'X; and z itself (`target` when given, else computed from the unpruned inputs
+    `ref`), as the layer's output."""
+    sliced = _sliced(layer, columns)
+    features = int(np.prod(sliced.weight.shape[1:]))
+    w = layer.weight.reshape(layer.units, -1)
     rows, sum_x, sum_z = 0, np.zeros(features), np.zeros(layer.units)
     gram, cross = np.zeros((features, features)), np.zeros((layer.units, features))
     outputs = []
     for start in range(0, len(cur), CHUNK):
-        d_cur = _design(layer, cur[start:start + CHUNK])
+        d_cur = _design(sliced, cur[start:start + CHUNK], columns)
         if target is None:
             z = _design(layer, ref[start:start + CHUNK]) @ w.T + layer.bias
             outputs.append(_unrows(layer, z, min(CHUNK, len(cur) - start)))
@@ -452,10 +453,22 @@ def _statistics(layer, ref: np.ndarray, cur: np.ndarray, target: np.ndarray | No
     return rows, sum_x, sum_z, gram, cross, (target if target is not None else np.concatenate(outputs))
 
 
-def _design(layer, h: np.ndarray) -> np.ndarray:
-    """The rows the layer multiplies by its weight: flat inputs, or a conv's im2col windows [N*P, C*K]."""
+def _sliced(layer, columns: np.ndarray):
+    """The linear layer reading only its input `columns` (channels of a conv): what it computes on an input
+    whose other columns are 0."""
     if isinstance(layer, Dense):
-        return h.reshape(len(h), -1)
+        return replace(layer, weight=layer.weight[:, columns], in_shape=(len(columns),))
+    return replace(layer, weight=layer.weight[:, columns], in_shape=(len(columns), *layer.in_shape[1:]))
+
+
+def _design(layer, h: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """The rows the layer multiplies by its weight: flat inputs, or a conv's im2col windows [N*P, C*K]; of the
+    input `columns` only when given (`layer` then the `_sliced` one)."""
+    if isinstance(layer, Dense):
+        h = h.reshape(len(h), -1)
+        return h if columns is None else h[:, columns]
+    if columns is not None:
+        h = h[:, columns]
     cols = _gather_patches(h, layer.patches(), 0.0)  # [N, C, P, K]
     n, c, p, k = cols.shape
     return cols.transpose(0, 2, 1, 3).reshape(n * p, c * k)
@@ -496,6 +509,12 @@ def _forward(layer, h: np.ndarray) -> np.ndarray:
     if len(h) <= CHUNK:
         return layer.forward(h)
     return np.concatenate([layer.forward(h[s:s + CHUNK]) for s in range(0, len(h), CHUNK)])
+
+
+def _forward_columns(layer, h: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """The linear layer's output on h, reading only the input `columns` (the others are 0 in h)."""
+    h = h.reshape(len(h), -1)[:, columns] if isinstance(layer, Dense) else h[:, columns]
+    return _forward(_sliced(layer, columns), h)
 
 
 def _ir_layout(tensor: np.ndarray, in_axis: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from onnxcrit.decoupled import (AUTO_MACS, BlockTask, block_features, block_netw
 from onnxcrit.errors import SolveError
 from onnxcrit.frontend import load_network
 from onnxcrit.ir import Conv, Network, Relu
+from onnxcrit.reconstruct import Reconstructor
 from onnxcrit.tolerance import assert_same
 from onnxcrit.validate import run_tensors
 
@@ -53,10 +54,13 @@ def test_decoupled_run_gives_a_valid_smaller_model(decoupled_run):
     assert report["params_after"] < report["params_before"]
     assert report["accuracy_before"] - report["accuracy_after"] <= 1.0 + 1e-9  # the default budget held
     assert report["max_abs_vs_masked_ir"] <= report["masked_ir_tolerance"]  # validated by the product
-    net, _ = load_network(MODELS / f"{name}.onnx")
+    net, proto = load_network(MODELS / f"{name}.onnx")
     x = np.load(MODELS / f"{name}_eval.npz")["x"]
     written = run_tensors(result.model, net.input_name, x, [net.logits_name])[0]
-    assert_same(written, net.forward(x, scales=result.scales))  # and again here, by the one shared rule
+    # the default reconstruction (lsq) refits the next layers: rebuilt here from the calibration images
+    assert report["selection"]["reconstruct"]["applied"] == "lsq"
+    fitted, fitted_scales = Reconstructor(proto, net, "lsq", case(name)[1]).reference(result.scales)
+    assert_same(written, fitted.forward(x, scales=fitted_scales))  # and again here, by the one shared rule
     assert report["options"]["mode"] == "decoupled" and report["options"]["workers"] == 2
 
 

@@ -314,12 +314,14 @@ def test_the_budget_search_selects_on_the_reconstructed_accuracy():
     assert default.report["params_after"] == res.report["params_after"]
 
 
-def test_the_default_reconstruction_is_none_where_lsq_does_not_apply():
+def test_the_default_reconstruction_is_lsq_in_decoupled_mode_and_none_with_bias_compensation():
     data, evald = ROOT / "models" / "digits_mlp_calib.npz", ROOT / "models" / "digits_mlp_eval.npz"
-    for changes in ({"mode": "decoupled"}, {"compensation": True}):
-        res = onnxcrit.optimize(MLP, data, eval_data=evald, measure_latency=False, **changes)
-        assert res.report["options"]["reconstruct"] == "none", changes
-        assert res.report["selection"]["reconstruct"] == {"method": "none"}
+    res = onnxcrit.optimize(MLP, data, eval_data=evald, measure_latency=False, compensation=True)
+    assert res.report["options"]["reconstruct"] == "none"
+    assert res.report["selection"]["reconstruct"] == {"method": "none"}
+    res = onnxcrit.optimize(MLP, data, eval_data=evald, measure_latency=False, mode="decoupled")
+    assert res.report["mode"] == "decoupled" and res.report["options"]["reconstruct"] == "lsq"
+    assert res.report["selection"]["reconstruct"]["applied"] == "lsq"
 
 
 def test_auto_keeps_the_most_accurate_method():
@@ -347,7 +349,7 @@ def test_options_and_flag():
         Options(reconstruct="ols")
     with pytest.raises(InputError, match="exclude each other"):
         Options(reconstruct="lsq", compensation=True)
-    assert Options().reconstruct is None  # lsq in full mode on a chain, else none (api._resolve_reconstruct)
+    assert Options().reconstruct is None  # lsq, none with bias compensation (api._resolve_reconstruct)
     with pytest.raises(InputError, match="give --eval-data"):
         onnxcrit.optimize(MLP, ROOT / "models" / "digits_mlp_calib.npz", reconstruct="auto", measure_latency=False)
     res = CliRunner().invoke(main, ["optimize", "--help"])
