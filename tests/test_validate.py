@@ -76,6 +76,28 @@ def test_tampered_weight_is_caught():
         report.raise_if_failed()
 
 
+def test_the_numpy_reference_runs_on_the_first_inputs_and_agreement_on_all(monkeypatch):
+    """IR_CHECK bounds the slow float64 reference; a tampered model is still caught on those inputs, and the
+    agreement with the original counts every input."""
+    from onnxcrit import validate
+
+    monkeypatch.setattr(validate, "IR_CHECK", 7)
+    net, model, calib, evals = digits("cnn")
+    scales = every_other(net)
+    new, _ = remove_units(model, net, scales)
+    calls = []
+    forward = type(net).forward
+    monkeypatch.setattr(type(net), "forward", lambda self, x, **kw: calls.append(len(x)) or forward(self, x, **kw))
+    report = check_rewrite(model, new, net, scales, [calib["x"], evals["x"]], [None, evals["y"]])
+    assert report.ok and calls == [7, 7]
+    assert report.samples == len(calib["x"]) + len(evals["x"]) > 14
+    weight = next(t for t in new.graph.initializer if t.name == "fc1.weight")
+    value = numpy_helper.to_array(weight).copy()
+    value[0, 0] += 0.5
+    weight.CopyFrom(numpy_helper.from_array(value, weight.name))
+    assert not check_rewrite(model, new, net, scales, [calib["x"]]).ok
+
+
 def test_wrong_scales_are_caught():
     """A model rewritten without compensation does not pass as the compensated one."""
     net, model, calib, _ = digits("mlp")
