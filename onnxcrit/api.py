@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -124,7 +125,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     compare_on[0] = choose_data
     measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, choose_data, rewrite) \
         if plan.rule == "accuracy budget" else None
-    scored, chosen, attempts, opts = _score_and_select(opts, plan, loaded, measure_accuracy, progress, timings)
+    with _candidates(opts, plan, measure_accuracy) as accuracy_many:
+        scored, chosen, attempts, opts = _score_and_select(opts, plan, loaded, measure_accuracy, progress, timings,
+                                                           accuracy_many)
     candidate, latency = _round(loaded.net, loaded.proto, scored.scores, chosen, plan.rule, opts.round_to,
                                 opts.measure_latency, opts.latency_batch, latency_timer, measure_accuracy,
                                 plan.max_drop, _size_fraction(opts), progress, timings, rewrite)
@@ -239,7 +242,29 @@ def _confirmer(opts: Options, rule: str, max_drop, loaded: _Loaded, rewrite):
     return Confirmer(loaded.proto, loaded.net, loaded.evald, opts.seed, max_drop, opts.confidence, rewrite)
 
 
-def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accuracy, progress, timings):
+@contextmanager
+def _candidates(opts: Options, plan: _Plan, measure_accuracy):
+    """accuracy_many for the budget search, or None (one candidate at a time): the candidates of its grid and
+    ladder measured on the run's executor with its workers (decoupled mode: the cores unless --workers says
+    otherwise; full mode: --workers, default 1). `processes` measures them in threads: the measure is a closure
+    over the model, the data and the reconstruction, which Ray ships once but a process pool would per task."""
+    workers, kind = plan.workers or 1, opts.executor
+    if measure_accuracy is None or plan.rule != "accuracy budget" or kind == "serial" \
+            or (workers <= 1 and not kind.startswith("ray")):
+        yield None
+        return
+    from .decoupled import local_executor, map_shared
+
+    with local_executor(workers, "threads" if kind == "processes" else kind) as executor:
+        yield lambda many: map_shared(executor, _call, measure_accuracy, many)
+
+
+def _call(fn, argument):
+    return fn(argument)
+
+
+def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accuracy, progress, timings,
+                      accuracy_many=None):
     """Solve the MIP (once, again with a wider margin while an accuracy budget is unmet, or over the search
     grid) and select units. Returns (scores, selection, attempts, the options the chosen solve used)."""
     from .scoring import compute_scores  # the MIP stack loads only when needed
@@ -264,7 +289,7 @@ def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accur
         progress.done("score", f"{blocks}{scored.status}, {scored.variables:,} variables, {scored.binaries:,} "
                                f"binaries, solved in {scored.solve_seconds:.1f} s")
         done = _timed("select", progress, timings)
-        chosen, closest = _select(plan, net, scored.scores, evald, opts, measure_accuracy)
+        chosen, closest = _select(plan, net, scored.scores, evald, opts, measure_accuracy, accuracy_many)
         if chosen is not None and plan.confirm is not None:
             chosen.confirmed = plan.confirm.confirm(scored.scores, chosen)
         attempts.append({"lambda": opts.lam, "margin": m, "num_samples": n, "tried": closest.tried})
@@ -476,14 +501,15 @@ def _size_fraction(opts: Options) -> float | None:
     return opts.target_params if opts.target_params is not None else opts.target_macs
 
 
-def _select(plan: _Plan, net, scores, evald, opts: Options, accuracy_of):
+def _select(plan: _Plan, net, scores, evald, opts: Options, accuracy_of, accuracy_many=None):
     if plan.rule in ("parameter budget", "MAC budget"):
         size, fraction = ("params", opts.target_params) if plan.rule == "parameter budget" else \
             ("macs", opts.target_macs)
         return select.by_params(net, scores, fraction, True if plan.rescale is None else plan.rescale, size=size)
     if plan.rule == "accuracy budget":
         return select.by_accuracy(net, scores, evald.x, evald.y, plan.max_drop, plan.rescale,
-                                  accuracy_of=accuracy_of, ladder=plan.confirm.ladder if plan.confirm is not None else 0)
+                                  accuracy_of=accuracy_of, ladder=plan.confirm.ladder if plan.confirm is not None else 0,
+                                  accuracy_many=accuracy_many)
     notes: list[str] = []
     keep = select.keep_by_threshold(net, scores, plan.threshold, mean_rule=opts.mean_threshold, notes=notes)
     mode = True if plan.rescale is None else bool(plan.rescale)

@@ -221,10 +221,11 @@ def _writable_file(path: Path | None, what: str) -> None:
               help="Memory a full-mode MIP may take; over it --mode full is refused, auto goes decoupled "
               "[default: 80% of the free memory].")
 @click.option("--workers", type=click.IntRange(min=1),
-              help="Parallel block solves in decoupled mode [default: cores].")
+              help="Parallel block solves and budget-search candidates [default: cores in decoupled mode, "
+              "1 in full mode].")
 @click.option("--executor", default=DEFAULTS.executor, show_default=True, metavar="KIND",
-              help="Decoupled mode's block solves: threads, processes, ray (local) or ray:ADDRESS (a cluster; "
-              "needs the ray extra).")
+              help="Where decoupled mode's block solves and the budget search's candidates run: threads, "
+              "processes (candidates in threads), ray (local) or ray:ADDRESS (a cluster; needs the ray extra).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and warnings.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print calibration, solve and logit-change details.")
 def optimize(model, data, output, eval_data, report_path, plot_path, time_limit, threshold, mean_threshold, lam,

@@ -35,6 +35,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass, replace, field
 from typing import Any, Iterable, Iterator
 
@@ -368,6 +369,15 @@ class SerialExecutor:
         return map(fn, tasks)
 
 
+def map_shared(executor, fn, shared, tasks: Iterable) -> list:
+    """[fn(shared, task) for task in tasks] on `executor`, in task order. On Ray `shared` (which may be large: a
+    model, a network, cached activations) goes to the object store once, not with every task; a thread pool
+    or serial executor shares it in memory."""
+    if isinstance(executor, RayExecutor):
+        return executor.map_shared(fn, shared, tasks)
+    return list(executor.map(partial(fn, shared), tasks))
+
+
 def check_executor(kind: str) -> str:
     """'threads', 'processes', 'serial', 'ray' or 'ray:ADDRESS'; anything else is an InputError."""
     if not executor_ok(kind):
@@ -384,6 +394,11 @@ class RayExecutor:
     def map(self, fn, tasks: Iterable) -> Iterator:
         remote = self.ray.remote(num_cpus=1)(fn)
         return iter(self.ray.get([remote.remote(task) for task in tasks]))
+
+    def map_shared(self, fn, shared, tasks: Iterable) -> list:
+        ref = self.ray.put(shared)
+        remote = self.ray.remote(num_cpus=1)(fn)
+        return self.ray.get([remote.remote(ref, task) for task in tasks])
 
 
 @contextmanager

@@ -38,7 +38,7 @@ class Options:
     seed: int = 0
     mode: str = "auto"  # full, decoupled (one MIP per block) or auto (by problem size)
     workers: int | None = None  # decoupled mode's parallel block solves; None: the number of cores
-    executor: str = "threads"  # decoupled mode's block solves: threads, processes, ray or ray:ADDRESS
+    executor: str = "threads"  # block solves and budget-search candidates: threads, processes, ray or ray:ADDRESS
     memory_limit: float | None = None  # GB a full-mode MIP may take; None: 80% of the memory available (resources.py)
     search: bool = False  # under an accuracy budget: try api.SEARCH_GRID, keep the best setting
     # the selection

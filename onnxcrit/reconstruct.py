@@ -26,6 +26,7 @@ With nothing removed and every factor 1 no layer changes (each fit's optimum is 
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -323,12 +324,14 @@ class Reconstructor:
         self.unpruned = unpruned_activations(net, self.x) if method in ("auto", "bias", "scale", "lsq") \
             and size <= CACHE_VALUES and net.is_chain() else None
         self._cache: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()  # the budget search may build candidates in parallel threads
 
     def build(self, scales: dict[int, np.ndarray], keep: dict[int, np.ndarray] | None = None) -> Built:
         key = _key(scales, keep)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
         methods = METHODS if self.method == "auto" else (self.method,)
         if self.method == "auto" and not self.net.is_chain():
             methods = tuple(m for m in methods if m != "merge")  # merge pairs units within one layer
@@ -341,10 +344,20 @@ class Reconstructor:
                 best = built
         if len(methods) > 1:
             best.candidates = seen
-        self._cache[key] = best
-        while len(self._cache) > CACHE:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = best
+            while len(self._cache) > CACHE:
+                self._cache.popitem(last=False)
         return best
+
+    def __getstate__(self) -> dict:  # pickled for Ray: a lock does not travel, the worker makes its own
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def rewrite(self, model: onnx.ModelProto, net: Network, scales: dict[int, np.ndarray], *,
                 keep: dict[int, np.ndarray] | None = None, compensation=None) -> tuple[onnx.ModelProto, Network]:

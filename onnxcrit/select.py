@@ -217,7 +217,9 @@ def keep_first_removed(scores: dict[int, np.ndarray], order: list[tuple[int, int
 def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: np.ndarray, max_drop: float,
                 rescale: bool | None = None, baseline: float | None = None,
                 accuracy_of: Callable[[dict[int, np.ndarray] | None], float] | None = None, ladder: int = 0,
-                order: str | None = None) -> tuple[Selection | None, Selection]:
+                order: str | None = None,
+                accuracy_many: Callable[[list[dict[int, np.ndarray]]], list[float]] | None = None
+                ) -> tuple[Selection | None, Selection]:
     """Remove as many units (lowest score first) as possible while accuracy on (x, y) drops <= max_drop points.
 
     A coarse grid over the number of removed units, then bisection between the last count that met the budget
@@ -225,7 +227,9 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
     the more accurate. `accuracy_of(scales)` measures a candidate (None: the unpruned network); by default the
     IR's forward pass on (x, y). `ladder` > 0 also measures that many evenly spaced counts up to the one chosen
     (the rungs `confirm.Confirmer` steps through; they cannot change the choice). `order`: the removal order
-    rule (ORDERS; default ORDER). Returns (the selection meeting
+    rule (ORDERS; default ORDER). `accuracy_many(list of scales)`: measures several candidates at once (in
+    parallel: the grid's and the ladder's, which do not depend on each other); it must give what accuracy_of
+    gives, so the result does not depend on it. Returns (the selection meeting
     the budget with the fewest parameters, or None when no removal at all meets it; the closest selection).
     """
     if accuracy_of is None:
@@ -235,6 +239,13 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
     order = removal_order(net, scores, rule)
     modes = (True, False) if rescale is None else (bool(rescale),)
     tried: dict[int, dict] = {}
+    measured: dict[tuple[int, bool], float] = {}  # (count, mode) -> accuracy, measured ahead by accuracy_many
+
+    def ahead(counts) -> None:
+        todo = [(c, mode) for c in counts if c not in tried for mode in modes]
+        if accuracy_many is not None and len(todo) > 1:
+            values = accuracy_many([to_scales(scores, keep_first_removed(scores, order, c), mode) for c, mode in todo])
+            measured.update(zip(todo, values))
 
     def attempt(count: int) -> dict:
         if count not in tried:
@@ -242,7 +253,7 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
             best = None
             for mode in modes:
                 scales = to_scales(scores, keep, mode)
-                acc = accuracy_of(scales)
+                acc = measured.pop((count, mode)) if (count, mode) in measured else accuracy_of(scales)
                 if best is None or acc > best[0]:
                     best = (acc, mode, scales)
             acc, mode, scales = best
@@ -254,6 +265,7 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
 
     total = len(order)
     grid = sorted(set(int(round(v)) for v in np.linspace(1, total, min(16, total))))
+    ahead(grid)
     ok = [c for c in grid if attempt(c)["drop"] <= max_drop + 1e-9]
     if ok:
         good = max(ok)
@@ -265,7 +277,9 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
                 good = mid
             else:
                 bad = mid
-        for count in sorted(set(int(round(v)) for v in np.linspace(1, good, min(ladder, good)))):
+        rungs = sorted(set(int(round(v)) for v in np.linspace(1, good, min(ladder, good))))
+        ahead(rungs)
+        for count in rungs:
             attempt(count)
     rows = [{k: v for k, v in tried[c].items() if k != "_scales"} for c in sorted(tried)]
     meeting = [c for c in tried if tried[c]["drop"] <= max_drop + 1e-9]

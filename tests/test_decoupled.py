@@ -280,3 +280,43 @@ def test_ray_executor_gives_the_thread_pool_results(tmp_path):
                                     "ray:127.0.0.1:1", "-o", str(tmp_path / "o.onnx")])
     assert res.exit_code == 2 and "cannot start or reach Ray at 127.0.0.1:1" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "o.onnx").exists()
+
+
+def test_budget_search_candidates_on_ray_and_threads_give_the_serial_result():
+    """The budget search measures its grid and ladder candidates on the run's executor: a local Ray instance
+    and the thread pool give exactly the one-at-a-time result (same written bytes, same candidates measured)."""
+    pytest.importorskip("ray")
+    from onnxcrit import select
+
+    calls = []
+    real = select.by_accuracy
+
+    def spy(*args, **kwargs):
+        many = kwargs.get("accuracy_many")
+        if many is not None:
+            def counted(batch):
+                calls.append((kwargs["accuracy_of"], len(batch)))
+                return many(batch)
+            kwargs["accuracy_many"] = counted
+        return real(*args, **kwargs)
+
+    runs = {}
+    for executor, workers in (("serial", 1), ("threads", 2), ("ray", 2)):
+        select.by_accuracy = spy
+        try:
+            runs[executor] = api.optimize(MODELS / "digits_cnn.onnx", MODELS / "digits_cnn_calib.npz",
+                                          eval_data=MODELS / "digits_cnn_eval.npz", mode="decoupled",
+                                          workers=workers, executor=executor, measure_latency=False)
+        finally:
+            select.by_accuracy = real
+        batches = [n for _, n in calls]
+        if executor == "serial":
+            assert batches == []  # one candidate at a time
+        else:
+            assert batches[0] == 16  # the grid: 16 counts, kept units at full strength (decoupled mode)
+        calls.clear()
+    serial = runs["serial"]
+    for executor in ("threads", "ray"):
+        other = runs[executor]
+        assert other.model.SerializeToString() == serial.model.SerializeToString(), executor
+        assert other.report["selection"]["attempts"] == serial.report["selection"]["attempts"], executor

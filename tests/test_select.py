@@ -70,6 +70,31 @@ def test_accuracy_budget_is_met_on_the_bundled_mlp():
     assert select.params_after(net, kept) == min(r["params_after"] for r in best.tried if r["drop"] <= 2.0)
 
 
+def test_accuracy_many_measures_the_grid_and_ladder_at_once_with_the_same_result():
+    net, _ = load_network("models/digits_mlp.onnx")
+    data = np.load("models/digits_mlp_eval.npz")
+    x, y = data["x"], data["y"]
+    scores = _random_scores(net, 1)
+    one = select.by_accuracy(net, scores, x, y, max_drop=2.0, rescale=None, ladder=5)
+    batches, singles = [], []
+
+    def many(list_of_scales):
+        batches.append(len(list_of_scales))
+        return [select.accuracy(net, x, y, s) for s in list_of_scales]
+
+    def single(scales):
+        singles.append(scales)
+        return select.accuracy(net, x, y, scales)
+
+    both = select.by_accuracy(net, scores, x, y, max_drop=2.0, rescale=None, ladder=5, accuracy_of=single,
+                              accuracy_many=many)
+    assert both[0].tried == one[0].tried and both[0].rescaled == one[0].rescaled
+    assert all(np.array_equal(both[0].scales[k], one[0].scales[k]) for k in scores)
+    assert batches[0] == 2 * 16  # the grid: 16 counts, kept units at their score and at full strength
+    grid_and_ladder = sum(batches) // 2
+    assert len(one[0].tried) == grid_and_ladder + (len(singles) - 1) // 2  # the rest: bisection, one at a time
+
+
 def test_params_budget():
     net = to_network(cnn(pool="max"))
     scores = _random_scores(net, 2)
