@@ -161,3 +161,13 @@ def test_a_small_conv_net_estimate_is_sane():
     one, ten = resources.estimate_full(net, 1), resources.estimate_full(net, 10)
     assert ten.nonzeros == 10 * one.nonzeros and ten.largest == 10 * one.largest > 0
     assert ten.bytes - resources.BASE_BYTES == pytest.approx(10 * (one.bytes - resources.BASE_BYTES), rel=1e-6)
+
+
+def test_a_deep_graph_is_estimated_by_all_its_layers():
+    """ResNet-8 (corpus): many convs of similar size; the finished problem, not the largest layer, sets the peak
+    (measured by tools/bench_memory.py: 673 MB for 200 images, the largest layer's term alone said 438 MB)."""
+    net, _ = load_network(ROOT / "tests" / "data" / "branching" / "torch_legacy_resnet8.onnx")
+    est = resources.estimate_full(net, 200)
+    assert est.nonzeros * resources.BYTES_PER_TOTAL_NONZERO > est.largest * resources.BYTES_PER_NONZERO
+    assert est.bytes == int(resources.BYTES_PER_TOTAL_NONZERO * est.nonzeros + resources.BASE_BYTES)
+    assert est.bytes >= 673 * 2**20

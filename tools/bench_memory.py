@@ -37,11 +37,14 @@ CASES = [  # (label, model, N values)
     ("digits CNN", "models/digits_cnn.onnx", (10, 50, 200)),
     ("LeNet-5", "lenet5_mnist.onnx", (10, 50, 100)),
     ("wide CNN 32x32x3", "wide_cnn32.onnx", (1, 2, 3)),
+    # deep graphs: many layers of similar size, where the finished problem (all layers) outweighs the largest one
+    ("ResNet-8 8x8 (corpus)", "tests/data/branching/torch_legacy_resnet8.onnx", (10, 50, 200)),
+    ("Inception 8x8 (corpus)", "tests/data/branching/torch_legacy_inception.onnx", (10, 50, 200)),
 ]
 
 
 def _model_path(name: str) -> str:
-    if name.startswith("models/"):
+    if name.startswith(("models/", "tests/")):
         return os.path.join(ROOT, name)
     path = os.path.join(CACHE, name)
     if not os.path.exists(path):
@@ -54,7 +57,7 @@ def _model_path(name: str) -> str:
 
 
 def _inputs(model: str, n: int, net) -> tuple[np.ndarray, np.ndarray]:
-    if model.startswith("models/"):
+    if model.startswith(("models/", "tests/")):
         parts = [np.load(os.path.join(ROOT, model.replace(".onnx", f"_{k}.npz"))) for k in ("calib", "eval")]
         return np.concatenate([p["x"] for p in parts]), np.concatenate([p["y"] for p in parts])
     if "lenet" in model:
@@ -127,7 +130,7 @@ def one(model: str, n: int) -> dict:
     net, _ = load_network(_model_path(model))
     x, y = _inputs(model, n, net)
     estimate = resources.estimate_full(net, n)
-    if model.startswith("models/") or "lenet" in model:
+    if model.startswith(("models/", "tests/")) or "lenet" in model:
         calibration = None  # correctly classified, balanced: as optimize does
     else:
         calibration = np.arange(n)  # untrained: any images
@@ -187,9 +190,12 @@ HEADER = ("# Full-MIP memory against its estimate (`python -m tools.bench_memory
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the smallest N per model only")
+    parser.add_argument("--only", default="", help="only the cases whose label contains this")
     args = parser.parse_args(argv)
     rows = []
     for label, model, ns in CASES:
+        if args.only not in label:
+            continue
         for n in ns[:1] if args.quick else ns:
             r = run(model, n)
             r["label"] = label
