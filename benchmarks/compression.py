@@ -3,7 +3,7 @@
 
 For every model and criterion, the product's accuracy-budget search (`by_accuracy`, as `optimize()` runs it)
 walks that criterion's scores in the product's removal order across layers (`removal_order`, one rule for
-every criterion), every candidate rewritten with the same reconstruction (`Reconstructor`, the product's default
+every criterion, with the product's tie-break: OBS saliency under `lsq`, onnxcrit/saliency.py), every candidate rewritten with the same reconstruction (`Reconstructor`, the product's default
 method unless --reconstruct says otherwise) and measured by onnxruntime on the choose half of the validation
 data; the result is confirmed on the other half (`Confirmer`, the product's default confidence 0.9) and then
 measured on the TEST split, which no step saw. So rows differ only in the ranking.
@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from onnxcrit import (DEFAULT_RECONSTRUCT, DEFAULTS, Confirmer, Dataset, Reconstructor, by_accuracy, compute_scores, decoupled_scores,
-                      load_network, params_after)
+                      load_network, obs_saliency, params_after)
 
 from . import methods, models, tp_importance
 from .common import RESULTS, ort_accuracy, publish
@@ -110,8 +110,9 @@ def criterion_scores(name: str, net, case) -> tuple[dict, bool | None, str, floa
     return scores, False, "", time.perf_counter() - clock
 
 
-def budget_run(case, net, proto, builder, scores, rescale, budget: float, order: str | None) -> dict:
-    """The product's budget search on the choose half, confirmed on the other half, measured on test."""
+def budget_run(case, net, proto, builder, scores, rescale, budget: float, order: str | None, ties=None) -> dict:
+    """The product's budget search on the choose half, confirmed on the other half, measured on test. ties: the
+    order's tie-break (None: magnitude; the product passes the OBS saliency under lsq)."""
     clock = time.perf_counter()
     confirmer = Confirmer(proto, net, Dataset(case.x_val, case.y_val, "validation"), DEFAULTS.seed, budget,
                           DEFAULTS.confidence, builder.rewrite)
@@ -131,7 +132,7 @@ def budget_run(case, net, proto, builder, scores, rescale, budget: float, order:
         return memo[key]
 
     chosen, closest = by_accuracy(net, scores, choose.x, choose.y, budget, rescale, accuracy_of=accuracy_of,
-                                  ladder=confirmer.ladder, order=order)
+                                  ladder=confirmer.ladder, order=order, ties=ties)
     final, record = None, None
     if chosen is not None:
         final = confirmer.confirm(scores, chosen)
@@ -250,6 +251,7 @@ def main(argv=None) -> int:
         base_val = ort_accuracy(proto, net, case.x_val, case.y_val)
         method = args.reconstruct or DEFAULT_RECONSTRUCT  # the product's default, in full and decoupled mode
         builder = Reconstructor(proto, net, method, case.x_pool[:POOL], seed=DEFAULTS.seed)
+        ties = obs_saliency(net, builder.x) if method == "lsq" else None  # the product's tie-break, every criterion
         print(f"{name}: loaded, validation {base_val:.2f}%, test {case.base_test:.2f}% "
               f"({time.perf_counter() - clock:.0f} s)", file=sys.stderr, flush=True)
         for crit in criteria:
@@ -259,7 +261,7 @@ def main(argv=None) -> int:
                    "scoring_seconds": seconds, "val_before": base_val, "test_before": case.base_test,
                    "params": net.params, "macs": net.macs, "budgets": {}}
             for b in budgets:
-                r = budget_run(case, net, proto, builder, scores, rescale, b, args.order)
+                r = budget_run(case, net, proto, builder, scores, rescale, b, args.order, ties)
                 row["budgets"][str(b)] = r
                 print(f"{name} {crit} {b:g}: params {pct(r['params_removed'])} macs {pct(r['macs_removed'])} "
                       f"test drop {r['test_drop']:.2f} confirmed {r['confirmed']} ({r['seconds']:.0f} s)",

@@ -15,7 +15,8 @@ or a scale (0 removes the unit; a kept unit's factor is folded into the next lay
 - selection: `keep_by_threshold(net, scores, threshold, mean_rule=False)` (keep masks) and
   `to_scales(scores, keep, rescale)` (masks -> scales); `removal_order(net, scores, rule=None)` (the order the
   budgets remove units in across layers: by default each score over its layer's mean, ties broken by
-  `magnitude(net)`, L1 of incoming x outgoing weights, likewise relative; other rules for comparison in
+  `magnitude(net)`, L1 of incoming x outgoing weights, likewise relative (under `lsq` the pipeline breaks ties
+  by `obs_saliency(net, x)` instead: what removing a unit costs once its readers are refitted); other rules for comparison in
   `select.ORDERS`, taken by `by_accuracy` / `by_params` as `order=`) and
   `keep_first_removed(scores, order, count)`; `by_accuracy(net, scores, x, y, max_drop,
   accuracy_of=...)` and `by_params(net, scores, fraction)` (the budgets; each returns (selection or None,
@@ -51,6 +52,7 @@ from .data import Dataset
 from .output import write_model
 from .reconstruct import Reconstructor
 from .rewrite import bias_compensation, remove_units
+from .saliency import obs_saliency
 from .select import (by_accuracy, by_params, keep_by_threshold, keep_first_removed, magnitude, params_after,
                      removal_order, round_up, to_scales)
 from .validate import check_rewrite
@@ -59,7 +61,7 @@ __all__ = ["optimize", "evaluate", "Options", "DEFAULTS", "DEFAULT_RECONSTRUCT",
            "UnsupportedModelError", "ResourceError", "SolveError", "BudgetError", "ValidationError",
            # the lower-level API (module docstring)
            "load_network", "Network", "compute_scores", "decoupled_scores", "keep_by_threshold", "to_scales",
-           "removal_order", "keep_first_removed", "magnitude", "by_accuracy", "by_params", "round_up", "params_after",
+           "removal_order", "keep_first_removed", "magnitude", "obs_saliency", "by_accuracy", "by_params", "round_up", "params_after",
            "remove_units", "bias_compensation", "Reconstructor", "Confirmer", "Dataset", "check_rewrite", "layer_table", "paired_timings", "retrain",
            "Progress"]
 __version__ = "0.1.0"

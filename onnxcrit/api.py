@@ -125,9 +125,10 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     compare_on[0] = choose_data
     measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, choose_data, rewrite) \
         if plan.rule == "accuracy budget" else None
+    ties = _ties(builder, progress, timings)
     with _candidates(opts, plan, measure_accuracy) as accuracy_many:
         scored, chosen, attempts, opts = _score_and_select(opts, plan, loaded, measure_accuracy, progress, timings,
-                                                           accuracy_many)
+                                                           accuracy_many, ties)
     candidate, latency = _round(loaded.net, loaded.proto, scored.scores, chosen, plan.rule, opts.round_to,
                                 opts.measure_latency, opts.latency_batch, latency_timer, measure_accuracy,
                                 plan.max_drop, _size_fraction(opts), progress, timings, rewrite)
@@ -242,6 +243,20 @@ def _confirmer(opts: Options, rule: str, max_drop, loaded: _Loaded, rewrite):
     return Confirmer(loaded.proto, loaded.net, loaded.evald, opts.seed, max_drop, opts.confidence, rewrite)
 
 
+def _ties(builder: Reconstructor | None, progress, timings) -> dict[int, np.ndarray] | None:
+    """The removal order's tie-break: under the lsq reconstruction, each unit's OBS saliency (what removing it
+    costs once its readers are refitted; saliency.py) on the reconstruction's statistics images; otherwise None
+    (the weight magnitude)."""
+    if builder is None or builder.method != "lsq":
+        return None
+    from .saliency import obs_saliency
+
+    clock = time.perf_counter()
+    ties = obs_saliency(builder.net, builder.x)
+    timings["saliency"] = round(time.perf_counter() - clock, 3)
+    return ties
+
+
 @contextmanager
 def _candidates(opts: Options, plan: _Plan, measure_accuracy):
     """accuracy_many for the budget search, or None (one candidate at a time): the candidates of its grid and
@@ -264,7 +279,7 @@ def _call(fn, argument):
 
 
 def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accuracy, progress, timings,
-                      accuracy_many=None):
+                      accuracy_many=None, ties=None):
     """Solve the MIP (once, again with a wider margin while an accuracy budget is unmet, or over the search
     grid) and select units. Returns (scores, selection, attempts, the options the chosen solve used)."""
     from .scoring import compute_scores  # the MIP stack loads only when needed
@@ -289,7 +304,7 @@ def _score_and_select(opts: Options, plan: _Plan, loaded: _Loaded, measure_accur
         progress.done("score", f"{blocks}{scored.status}, {scored.variables:,} variables, {scored.binaries:,} "
                                f"binaries, solved in {scored.solve_seconds:.1f} s")
         done = _timed("select", progress, timings)
-        chosen, closest = _select(plan, net, scored.scores, evald, opts, measure_accuracy, accuracy_many)
+        chosen, closest = _select(plan, net, scored.scores, evald, opts, measure_accuracy, accuracy_many, ties)
         if chosen is not None and plan.confirm is not None:
             chosen.confirmed = plan.confirm.confirm(scored.scores, chosen)
         attempts.append({"lambda": opts.lam, "margin": m, "num_samples": n, "tried": closest.tried})
@@ -501,20 +516,21 @@ def _size_fraction(opts: Options) -> float | None:
     return opts.target_params if opts.target_params is not None else opts.target_macs
 
 
-def _select(plan: _Plan, net, scores, evald, opts: Options, accuracy_of, accuracy_many=None):
+def _select(plan: _Plan, net, scores, evald, opts: Options, accuracy_of, accuracy_many=None, ties=None):
     if plan.rule in ("parameter budget", "MAC budget"):
         size, fraction = ("params", opts.target_params) if plan.rule == "parameter budget" else \
             ("macs", opts.target_macs)
-        return select.by_params(net, scores, fraction, True if plan.rescale is None else plan.rescale, size=size)
+        return select.by_params(net, scores, fraction, True if plan.rescale is None else plan.rescale, size=size,
+                                ties=ties)
     if plan.rule == "accuracy budget":
         return select.by_accuracy(net, scores, evald.x, evald.y, plan.max_drop, plan.rescale,
                                   accuracy_of=accuracy_of, ladder=plan.confirm.ladder if plan.confirm is not None else 0,
-                                  accuracy_many=accuracy_many)
+                                  accuracy_many=accuracy_many, ties=ties)
     notes: list[str] = []
     keep = select.keep_by_threshold(net, scores, plan.threshold, mean_rule=opts.mean_threshold, notes=notes)
     mode = True if plan.rescale is None else bool(plan.rescale)
     sel = select.Selection(scales=select.to_scales(scores, keep, mode), rule=plan.rule, threshold=plan.threshold,
-                           notes=notes, rescaled=mode)
+                           notes=notes, rescaled=mode, ties=ties)
     return sel, sel
 
 
@@ -613,6 +629,7 @@ def _report(net, proto, new_net, new_model, scored, chosen, check, evald, remove
         "solver": solver,
         "selection": {"rule": chosen.rule, "threshold": chosen.threshold, "notes": chosen.notes,
                       "order": chosen.order,  # the removal order a budget walked (select.ORDERS)
+                      "ties": "magnitude" if chosen.ties is None else "obs",  # its tie-break (saliency.py)
                       "attempts": attempts, "round_to": candidate.round_to,
                       "units_scored": int(sum(len(candidate.keep[k]) for k in candidate.keep)),
                       "units_removed": int(sum(int(np.sum(~candidate.keep[k])) for k in candidate.keep)),

@@ -188,7 +188,7 @@ class Confirmer:
             chosen.confirmation = self._unsplit_record()
             return chosen
         net = self.net
-        order = select.removal_order(net, scores, chosen.order)
+        order = select.removal_order(net, scores, chosen.order, ties=chosen.ties)
         rungs = sorted((row for row in chosen.tried if row["removed_units"] > 0
                         and row["drop"] <= self.budget + 1e-9), key=lambda row: row["removed_units"])
         ladder, last, failed = [], None, None
@@ -208,7 +208,7 @@ class Confirmer:
             row, scales, stats = last
             sel = select.Selection(scales=scales, rule=chosen.rule, threshold=row["threshold"],
                                    notes=list(chosen.notes), tried=chosen.tried, rescaled=row["rescaled"],
-                                   order=chosen.order)
+                                   order=chosen.order, ties=chosen.ties)
             sel.confirmation = self._record(stats, True, ladder)
             return sel
         if failed is None:  # no rung (cannot happen for a selection that met the budget): test the pick itself

@@ -89,7 +89,7 @@ def candidates(net: Network, proto: onnx.ModelProto, scores: dict[int, np.ndarra
     out: list[Candidate] = []
     for k in sorted(set(roundings)):
         scales, keep = select.round_up(net, scores, selection.scales, k, selection.rescaled, ROUNDED_KINDS,
-                                       order=selection.order)
+                                       order=selection.order, ties=selection.ties)
         units = select.kept_counts(keep)
         twin = next((c for c in out if c.units == units), None)
         if twin is not None:

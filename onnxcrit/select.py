@@ -25,6 +25,7 @@ class Selection:
     confirmation: dict | None = None  # an accuracy budget confirmed on other images (confirm.Confirmer)
     confirmed: "Selection | None" = None  # the confirmed selection this one led to (None: none confirmed)
     order: str | None = None  # the removal order (ORDERS) the budget walked; None: ORDER
+    ties: dict[int, np.ndarray] | None = None  # that order's tie-break per group (None: `magnitude`)
 
 
 def input_mask(net: Network, position: int, keep: dict[int, np.ndarray]) -> np.ndarray:
@@ -168,17 +169,18 @@ def _relative(values: np.ndarray, how: str, tie: np.ndarray) -> np.ndarray:
 
 
 def removal_order(net: Network, scores: dict[int, np.ndarray], rule: str | None = None,
-                  size: str = "params") -> list[tuple[int, int]]:
+                  size: str = "params", ties: dict[int, np.ndarray] | None = None) -> list[tuple[int, int]]:
     """(layer, unit) pairs from least to most important, by `rule` (ORDERS; default ORDER); a rule with a cost
     counts the unit's cost in `size` ("params" or "macs", `unit_costs`).
 
     The default ("mean"): a unit's score divided by the mean score of its layer (a layer's average unit is 1,
     whatever the criterion's scale there), ties (e.g. the MIP's many zeros) by the unit's magnitude divided by
-    its layer's mean magnitude."""
+    its layer's mean magnitude. `ties`: another tie-break per group, used as the magnitude is (the pipeline
+    passes `saliency.obs_saliency` under the lsq reconstruction)."""
     rule = ORDER if rule is None else rule
     if rule not in ORDERS:
         raise ValueError(f"unknown removal order {rule!r}; expected one of {', '.join(ORDERS)}")
-    mags = magnitude(net)
+    mags = magnitude(net) if ties is None else ties
     keys = sorted(scores)
     layer_ids = np.concatenate([np.full(len(scores[i]), i) for i in keys])
     units = np.concatenate([np.arange(len(scores[i])) for i in keys])
@@ -218,8 +220,8 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
                 rescale: bool | None = None, baseline: float | None = None,
                 accuracy_of: Callable[[dict[int, np.ndarray] | None], float] | None = None, ladder: int = 0,
                 order: str | None = None,
-                accuracy_many: Callable[[list[dict[int, np.ndarray]]], list[float]] | None = None
-                ) -> tuple[Selection | None, Selection]:
+                accuracy_many: Callable[[list[dict[int, np.ndarray]]], list[float]] | None = None,
+                ties: dict[int, np.ndarray] | None = None) -> tuple[Selection | None, Selection]:
     """Remove as many units (lowest score first) as possible while accuracy on (x, y) drops <= max_drop points.
 
     A coarse grid over the number of removed units, then bisection between the last count that met the budget
@@ -229,14 +231,15 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
     (the rungs `confirm.Confirmer` steps through; they cannot change the choice). `order`: the removal order
     rule (ORDERS; default ORDER). `accuracy_many(list of scales)`: measures several candidates at once (in
     parallel: the grid's and the ladder's, which do not depend on each other); it must give what accuracy_of
-    gives, so the result does not depend on it. Returns (the selection meeting
+    gives, so the result does not depend on it. `ties`: the order's tie-break (`removal_order`). Returns (the
+    selection meeting
     the budget with the fewest parameters, or None when no removal at all meets it; the closest selection).
     """
     if accuracy_of is None:
         accuracy_of = lambda scales: accuracy(net, x, y, scales)  # noqa: E731
     base = accuracy_of(None) if baseline is None else baseline
     rule = ORDER if order is None else order
-    order = removal_order(net, scores, rule)
+    order = removal_order(net, scores, rule, ties=ties)
     modes = (True, False) if rescale is None else (bool(rescale),)
     tried: dict[int, dict] = {}
     measured: dict[tuple[int, bool], float] = {}  # (count, mode) -> accuracy, measured ahead by accuracy_many
@@ -289,7 +292,7 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
     def as_selection(count: int) -> Selection:
         row = tried[count]
         return Selection(scales=row["_scales"], rule="accuracy budget", threshold=row["threshold"], tried=rows,
-                         rescaled=row["rescaled"], order=rule)
+                         rescaled=row["rescaled"], order=rule, ties=ties)
 
     return (as_selection(best) if best is not None else None), as_selection(closest)
 
@@ -315,8 +318,8 @@ SIZES = {"params": (params_after, lambda net: net.params, "parameter budget"),
 
 
 def by_params(net: Network, scores: dict[int, np.ndarray], fraction: float,
-              rescale: bool = True, size: str = "params", order: str | None = None
-              ) -> tuple[Selection | None, Selection]:
+              rescale: bool = True, size: str = "params", order: str | None = None,
+              ties: dict[int, np.ndarray] | None = None) -> tuple[Selection | None, Selection]:
     """Remove the lowest-scored units (across layers) until at most `fraction` of the parameters (size
     "params") or of the MACs per sample (size "macs") remain.
 
@@ -326,7 +329,7 @@ def by_params(net: Network, scores: dict[int, np.ndarray], fraction: float,
     limit = fraction * total(net)
     keep = {i: np.ones(len(s), dtype=bool) for i, s in scores.items()}
     rule = ORDER if order is None else order
-    for layer, unit in removal_order(net, scores, rule, size):
+    for layer, unit in removal_order(net, scores, rule, size, ties=ties):
         if count(net, keep) <= limit:
             break
         if keep[layer].sum() > 1:  # never remove the last unit of a layer
@@ -335,13 +338,13 @@ def by_params(net: Network, scores: dict[int, np.ndarray], fraction: float,
     tried = [{"fraction": fraction, f"{size}_after": reached, f"{size}_before": total(net),
               "params_after": params_after(net, keep)}]
     sel = Selection(scales=to_scales(scores, keep, rescale), rule=rule_name, tried=tried, rescaled=bool(rescale),
-                    order=rule)
+                    order=rule, ties=ties)
     return (sel if reached <= limit else None), sel
 
 
 def round_up(net: Network, scores: dict[int, np.ndarray], scales: dict[int, np.ndarray], multiple: int,
-             rescaled: bool, kinds: tuple[type, ...] = (Conv,), order: str | None = None
-             ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+             rescaled: bool, kinds: tuple[type, ...] = (Conv,), order: str | None = None,
+             ties: dict[int, np.ndarray] | None = None) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Round every `kinds` layer's kept units up to a multiple of `multiple` (never above its unit count).
 
     onnxruntime runs convolutions in a blocked channel layout (NCHWc, 8 or 16 channels a block): a layer whose
@@ -359,7 +362,7 @@ def round_up(net: Network, scores: dict[int, np.ndarray], scales: dict[int, np.n
     out = {i: np.array(s, dtype=np.float64) for i, s in scales.items()}
     if multiple <= 1:
         return out, keep
-    order = removal_order(net, scores, order)
+    order = removal_order(net, scores, order, ties=ties)
     for i in sorted(scales):
         layer = net.layers[i]
         if not isinstance(layer, kinds):
