@@ -17,9 +17,9 @@ The estimate, from the network and N alone:
 The second term is for deep graphs, where many layers of similar size make the finished problem, and the
 solver's factorisation of it, outweigh the build of the largest layer: the corpus ResNet-8 (8 x 8 digits) with
 200 images peaked at 673 MB (build 246 MB, the rest HiGHS's interior point) where the first term alone said
-438 MB; 24 bytes per nonzero of all matrices covers it (824 MB) and every other case measured (the peak over
+438 MB; 24 bytes per nonzero of all matrices covers it (786 MB) and every other case measured (the peak over
 all layers' nonzeros was 14-19 bytes each on LeNet-5, the wide CNN and ResNet-8), and leaves the chains'
-estimates as they were except the wide CNN's (1.2-1.4 -> 1.5 times the peak).
+estimates as they were except the wide CNN's (2-3% more).
 
 Measured (tools/bench_memory.py on the digits models, LeNet-5 with N 10-100 and a wide CNN, conv 64-128-256 at
 32 x 32 x 3, with N 1-3; tools/results/bench_memory.md): the peak of the onnxcrit process and its solver process
@@ -27,7 +27,7 @@ together was the build's, 37-49 bytes per nonzero of the largest layer matrix on
 solve never went above it. With 50 bytes the estimate was never below the measured peak and at most 1.9 times it
 above 250 MB (2.6 times on small problems, where the solver process's fixed size dominates). `nonzeros`
 (reported) is N times the nonzeros of all per-image matrices: the entries the build multiplies out (VGG-11 at
-32 x 32 with 10 images: 1.1e9, for an estimate of 16 GB).
+32 x 32 with 10 images: 1.1e9, for an estimate of 28 GB).
 
 The limit: `Options.memory_limit` (GB) or, by default, MEMORY_FRACTION of the memory available when the run
 starts (MemAvailable in /proc/meminfo, capped by a cgroup's limit; os.sysconf elsewhere). A full-mode run over it
