@@ -125,7 +125,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, data, *, eval_data=None
     compare_on[0] = choose_data
     measure_accuracy = _ort_accuracy(loaded.proto, loaded.net, choose_data, rewrite) \
         if plan.rule == "accuracy budget" else None
-    ties = _ties(builder, progress, timings)
+    ties = _ties(builder, timings)
     with _candidates(opts, plan, measure_accuracy) as accuracy_many:
         scored, chosen, attempts, opts = _score_and_select(opts, plan, loaded, measure_accuracy, progress, timings,
                                                            accuracy_many, ties)
@@ -243,7 +243,7 @@ def _confirmer(opts: Options, rule: str, max_drop, loaded: _Loaded, rewrite):
     return Confirmer(loaded.proto, loaded.net, loaded.evald, opts.seed, max_drop, opts.confidence, rewrite)
 
 
-def _ties(builder: Reconstructor | None, progress, timings) -> dict[int, np.ndarray] | None:
+def _ties(builder: Reconstructor | None, timings) -> dict[int, np.ndarray] | None:
     """The removal order's tie-break: under the lsq reconstruction, each unit's OBS saliency (what removing it
     costs once its readers are refitted; saliency.py) on the reconstruction's statistics images; otherwise None
     (the weight magnitude)."""

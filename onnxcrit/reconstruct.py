@@ -350,14 +350,17 @@ class Reconstructor:
                 self._cache.popitem(last=False)
         return best
 
-    def __getstate__(self) -> dict:  # pickled for Ray: a lock does not travel, the worker makes its own
+    def __getstate__(self) -> dict:
+        """Pickled for Ray: without the lock (a worker makes its own) and the remembered builds (whole models; a
+        worker builds what it measures)."""
         state = dict(self.__dict__)
-        del state["_lock"]
+        del state["_lock"], state["_cache"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._cache = OrderedDict()
 
     def rewrite(self, model: onnx.ModelProto, net: Network, scales: dict[int, np.ndarray], *,
                 keep: dict[int, np.ndarray] | None = None, compensation=None) -> tuple[onnx.ModelProto, Network]:
