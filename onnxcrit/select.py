@@ -232,8 +232,8 @@ def by_accuracy(net: Network, scores: dict[int, np.ndarray], x: np.ndarray, y: n
     rule (ORDERS; default ORDER). `accuracy_many(list of scales)`: measures several candidates at once (in
     parallel: the grid's and the ladder's, which do not depend on each other); it must give what accuracy_of
     gives, so the result does not depend on it. `ties`: the order's tie-break (`removal_order`). Returns (the
-    selection meeting
-    the budget with the fewest parameters, or None when no removal at all meets it; the closest selection).
+    selection meeting the budget with the fewest parameters, or None when no removal at all meets it; the
+    closest selection).
     """
     if accuracy_of is None:
         accuracy_of = lambda scales: accuracy(net, x, y, scales)  # noqa: E731
